@@ -1,0 +1,89 @@
+//! Applies a plan one step at a time: each step first checks whether its
+//! effect already holds (a re-run after a crash or a unit restart skips it),
+//! and logs one line with its outcome and duration.
+
+use crate::machine_id;
+use crate::mountinfo;
+use crate::plan::{MachineIdSource, Plan, Step};
+use crate::sys;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use std::time::Instant;
+
+/// Size cap of the tmpfs holding the /etc upper layer.
+const ETC_TMPFS_OPTIONS: &str = "mode=0755,size=64m";
+/// Where we remember the machine ID written this boot (survives switch-root).
+const MACHINE_ID_RECORD: &str = "/run/initrd-helper/machine-id";
+
+enum Outcome {
+    Done,
+    Skipped(String),
+}
+
+fn mount_root(source: &Path, fstype: &str, target: &str) -> Result<Outcome> {
+    if let Some(m) = mountinfo::find(&sys::mount::table(), target) {
+        let same = Path::new(&m.source) == source;
+        if !same {
+            bail!("{target} is already mounted from {} (expected {})", m.source, source.display());
+        }
+        return Ok(Outcome::Skipped(format!("{target} already mounted")));
+    }
+    sys::mount::mount_ro(source, Path::new(target), fstype)
+        .with_context(|| format!("mounting {} ({fstype}) at {target}", source.display()))?;
+    Ok(Outcome::Done)
+}
+
+fn etc_overlay(target: &str, state_dir: &str, upper: &str, work: &str) -> Result<Outcome> {
+    let table = sys::mount::table();
+    if mountinfo::find(&table, target).is_some_and(|m| m.fstype == "overlay") {
+        return Ok(Outcome::Skipped(format!("{target} already an overlay")));
+    }
+    if mountinfo::find(&table, state_dir).is_none() {
+        sys::mount::mount_tmpfs(Path::new(state_dir), ETC_TMPFS_OPTIONS)
+            .with_context(|| format!("mounting the tmpfs for the /etc upper layer at {state_dir}"))?;
+    }
+    sys::mount::mount_overlay(Path::new(target), Path::new(target), Path::new(upper), Path::new(work))
+        .with_context(|| format!("mounting the overlay on {target}"))?;
+    Ok(Outcome::Done)
+}
+
+fn write_machine_id(path: &str, source: &MachineIdSource) -> Result<Outcome> {
+    let recorded = std::fs::read_to_string(MACHINE_ID_RECORD).ok();
+    let current = std::fs::read_to_string(path).ok();
+    let id = match source {
+        MachineIdSource::KernelCommandLine(id) => id.clone(),
+        MachineIdSource::Random => match (&recorded, &current) {
+            (Some(r), Some(c)) if r == c && machine_id::is_valid(r.trim()) => {
+                return Ok(Outcome::Skipped("machine-id already written this boot".into()))
+            }
+            _ => machine_id::from_random(sys::random16().context("reading random bytes")?),
+        },
+    };
+    let content = format!("{id}\n");
+    machine_id::write(Path::new(path), &content).with_context(|| format!("writing {path}"))?;
+    machine_id::write(Path::new(MACHINE_ID_RECORD), &content)
+        .with_context(|| format!("recording the machine-id in {MACHINE_ID_RECORD}"))?;
+    Ok(Outcome::Done)
+}
+
+fn apply_step(step: &Step) -> Result<Outcome> {
+    match step {
+        Step::MountRoot { source, fstype, target, .. } => mount_root(source, fstype, target),
+        Step::EtcOverlay { target, state_dir, upper, work } => etc_overlay(target, state_dir, upper, work),
+        Step::MachineId { path, source } => write_machine_id(path, source),
+    }
+}
+
+/// Runs every step; stops at the first failure with the step in the context.
+pub fn apply(plan: &Plan) -> Result<()> {
+    for step in &plan.steps {
+        let t = Instant::now();
+        let outcome = apply_step(step).with_context(|| format!("step {}", step.name()))?;
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        match outcome {
+            Outcome::Done => log::info!("step {}: done in {ms:.1} ms: {}", step.name(), step.describe()),
+            Outcome::Skipped(why) => log::info!("step {}: skipped in {ms:.1} ms ({why})", step.name()),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! Kernel command line: quote-aware splitting and the typed options we honour.
+//!
+//! We read systemd's names where they exist (`roothash=`, `systemd.machine_id=`,
+//! `systemd.factory_reset=`) and keep our own under one prefix,
+//! `initrd_helper.` (`-` and `_` are equivalent in keys, as in systemd).
+//! Policy: a malformed security-relevant option (a hash, a disk selector) is
+//! refused with an error naming it; a malformed cosmetic one is warned about
+//! and ignored.
+
+use crate::guid::Guid;
+use serde::Serialize;
+
+/// The documented prefix of our own options.
+pub const PREFIX: &str = "initrd_helper.";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid kernel command line option {key}={value:?}: {reason}")]
+pub struct CmdlineError {
+    pub key: String,
+    pub value: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Cmdline {
+    /// `roothash=`: dm-verity root hash (hex) of the root to boot.
+    pub roothash: Option<String>,
+    /// `systemd.machine_id=`: a fixed machine ID (32 hex) for this boot.
+    pub machine_id: Option<String>,
+    /// `systemd.factory_reset=`: explicit request to wipe the data partition.
+    pub factory_reset: bool,
+    /// `initrd_helper.disk=`: GPT disk GUID of the boot disk.
+    pub disk: Option<Guid>,
+    /// `initrd_helper.debug`: log debug lines too.
+    pub debug: bool,
+    /// Warnings about ignored malformed cosmetic options.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// Splits a command line into `(key, value)` words. Double or single quotes
+/// group spaces and are removed (`a="b c"` -> `("a", Some("b c"))`), as the
+/// kernel and systemd do. Keys have `-` normalised to `_`.
+pub fn split(s: &str) -> Vec<(String, Option<String>)> {
+    words(s)
+        .into_iter()
+        .map(|w| match w.split_once('=') {
+            Some((k, v)) => (k.replace('-', "_"), Some(v.to_string())),
+            None => (w.replace('-', "_"), None),
+        })
+        .collect()
+}
+
+fn words(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quote: Option<char> = None;
+    let mut in_word = false;
+    for c in s.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => cur.push(c),
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    out.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        out.push(cur);
+    }
+    out
+}
+
+/// systemd's boolean words; `None` when the value is none of them.
+pub fn parse_bool(v: Option<&str>) -> Option<bool> {
+    match v {
+        None => Some(true),
+        Some(v) => match v.to_ascii_lowercase().as_str() {
+            "1" | "yes" | "y" | "true" | "t" | "on" => Some(true),
+            "0" | "no" | "n" | "false" | "f" | "off" => Some(false),
+            _ => None,
+        },
+    }
+}
+
+fn refuse(key: &str, value: Option<&str>, reason: &str) -> CmdlineError {
+    CmdlineError {
+        key: key.to_string(),
+        value: value.unwrap_or("").to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// A dm-verity root hash: 64 to 128 hex digits (sha256 .. sha512).
+fn parse_roothash(key: &str, v: Option<&str>) -> Result<String, CmdlineError> {
+    let v = v.ok_or_else(|| refuse(key, v, "a root hash is required"))?;
+    let ok_len = (64..=128).contains(&v.len()) && v.len() % 2 == 0;
+    if !ok_len || crate::hex::decode(v).is_err() {
+        return Err(refuse(key, Some(v), "expected 64 to 128 hex digits"));
+    }
+    Ok(v.to_ascii_lowercase())
+}
+
+fn is_machine_id(v: &str) -> bool {
+    v.len() == 32 && v.chars().all(|c| c.is_ascii_hexdigit()) && v.chars().any(|c| c != '0')
+}
+
+impl Cmdline {
+    fn warn(&mut self, key: &str, v: Option<&str>, why: &str) {
+        let v = v.unwrap_or("");
+        self.warnings.push(format!("ignoring {key}={v:?}: {why}"));
+    }
+
+    fn bool_opt(&mut self, key: &str, v: Option<&str>) -> Option<bool> {
+        let b = parse_bool(v);
+        if b.is_none() {
+            self.warn(key, v, "expected a boolean");
+        }
+        b
+    }
+
+    fn take(&mut self, key: &str, v: Option<&str>) -> Result<(), CmdlineError> {
+        match key {
+            "roothash" => self.roothash = Some(parse_roothash(key, v)?),
+            "systemd.machine_id" => match v {
+                Some(id) if is_machine_id(id) => self.machine_id = Some(id.to_ascii_lowercase()),
+                // systemd itself ignores an invalid ID; so do we, loudly.
+                _ => self.warn(key, v, "expected 32 hex digits"),
+            },
+            "systemd.factory_reset" => {
+                // A reset destroys data: an unreadable value must not guess.
+                self.factory_reset = parse_bool(v)
+                    .ok_or_else(|| refuse(key, v, "expected a boolean (1/0, yes/no)"))?;
+            }
+            _ => return self.take_ours(key, v),
+        }
+        Ok(())
+    }
+
+    fn take_ours(&mut self, key: &str, v: Option<&str>) -> Result<(), CmdlineError> {
+        let Some(name) = key.strip_prefix(PREFIX) else {
+            return Ok(());
+        };
+        match name {
+            "disk" => {
+                let g = v.and_then(|v| v.parse::<Guid>().ok()).ok_or_else(|| {
+                    refuse(key, v, "expected the boot disk's GPT disk GUID (see `blkid -p -s PTUUID`)")
+                })?;
+                self.disk = Some(g);
+            }
+            "debug" => self.debug = self.bool_opt(key, v).unwrap_or(self.debug),
+            _ => self.warn(key, v, "unknown option"),
+        }
+        Ok(())
+    }
+}
+
+/// Parses the options we honour; later words win, as in the kernel.
+pub fn parse(s: &str) -> Result<Cmdline, CmdlineError> {
+    let mut c = Cmdline::default();
+    for (k, v) in split(s) {
+        c.take(&k, v.as_deref())?;
+    }
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_with_quotes() {
+        let w = split(r#"a=1 b="x y" 'c d'=e  f   g="" h"i j"k"#);
+        assert_eq!(
+            w,
+            vec![
+                ("a".into(), Some("1".into())),
+                ("b".into(), Some("x y".into())),
+                ("c d".into(), Some("e".into())),
+                ("f".into(), None),
+                ("g".into(), Some("".into())),
+                ("hi jk".into(), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn unterminated_quote_runs_to_the_end() {
+        assert_eq!(split(r#"a="b c"#), vec![("a".into(), Some("b c".into()))]);
+    }
+
+    #[test]
+    fn dash_and_underscore_are_equivalent_in_keys() {
+        let c = parse("initrd-helper.debug systemd.machine-id=0123456789abcdef0123456789abcdef").unwrap();
+        assert!(c.debug);
+        assert_eq!(c.machine_id.as_deref(), Some("0123456789abcdef0123456789abcdef"));
+    }
+
+    #[test]
+    fn parses_disk_and_roothash() {
+        let h = "a".repeat(64);
+        let c = parse(&format!(
+            "quiet roothash={h} initrd_helper.disk=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
+        ))
+        .unwrap();
+        assert_eq!(c.roothash, Some(h));
+        assert_eq!(c.disk.unwrap().to_string(), "4f68bce3-e8cd-4db1-96e7-fbcaf984b709");
+    }
+
+    #[test]
+    fn malformed_security_options_are_refused() {
+        let e = parse("initrd_helper.disk=banana").unwrap_err();
+        assert_eq!(e.key, "initrd_helper.disk");
+        assert!(e.to_string().contains("initrd_helper.disk=\"banana\""), "{e}");
+        assert!(parse("initrd_helper.disk").is_err());
+        assert!(parse("roothash=xyz").is_err());
+        assert!(parse(&format!("roothash={}", "a".repeat(63))).is_err());
+        assert!(parse("roothash").is_err());
+        assert!(parse("systemd.factory_reset=maybe").is_err());
+    }
+
+    #[test]
+    fn malformed_cosmetic_options_warn() {
+        let c = parse("initrd_helper.debug=sometimes initrd_helper.bogus=1 systemd.machine_id=nope").unwrap();
+        assert!(!c.debug);
+        assert_eq!(c.machine_id, None);
+        assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn factory_reset_bool_and_last_wins() {
+        assert!(parse("systemd.factory_reset").unwrap().factory_reset);
+        assert!(!parse("systemd.factory_reset=1 systemd.factory_reset=0").unwrap().factory_reset);
+    }
+
+    #[test]
+    fn foreign_options_are_ignored() {
+        let c = parse("console=ttyS0 root=/dev/sda ro rd.shell=0 init=/bin/sh").unwrap();
+        assert_eq!(c, Cmdline::default());
+    }
+}

@@ -1,0 +1,128 @@
+//! Typed facts about the machine, gathered by `sys::gather` (or built by
+//! hand in tests) and consumed by the pure planner.
+
+use crate::gpt::{Gpt, Partition};
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// File systems and containers recognised by their superblock magic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsKind {
+    Ext4,
+    Erofs,
+    Squashfs,
+    Vfat,
+    Luks,
+}
+
+impl FsKind {
+    /// The name `mount(2)` wants.
+    pub fn mount_type(self) -> &'static str {
+        match self {
+            FsKind::Ext4 => "ext4",
+            FsKind::Erofs => "erofs",
+            FsKind::Squashfs => "squashfs",
+            FsKind::Vfat => "vfat",
+            FsKind::Luks => "crypto_LUKS",
+        }
+    }
+
+    pub fn is_root_fs(self) -> bool {
+        matches!(self, FsKind::Ext4 | FsKind::Erofs | FsKind::Squashfs)
+    }
+}
+
+/// Bytes to read from a partition's start for [`probe_fs`].
+pub const PROBE_LEN: usize = 4096;
+
+/// Recognises a file system from the first [`PROBE_LEN`] bytes of a device.
+pub fn probe_fs(b: &[u8]) -> Option<FsKind> {
+    let at = |off: usize, magic: &[u8]| b.get(off..off + magic.len()) == Some(magic);
+    if at(0, b"LUKS\xba\xbe") || at(0, b"SKUL\xba\xbe") {
+        Some(FsKind::Luks)
+    } else if at(0, b"hsqs") {
+        Some(FsKind::Squashfs)
+    } else if at(1024, &0xE0F5_E1E2u32.to_le_bytes()) {
+        Some(FsKind::Erofs)
+    } else if at(1080, &[0x53, 0xEF]) {
+        Some(FsKind::Ext4)
+    } else if at(510, &[0x55, 0xAA]) && (at(54, b"FAT") || at(82, b"FAT32")) {
+        Some(FsKind::Vfat)
+    } else {
+        None
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionFacts {
+    #[serde(flatten)]
+    pub gpt: Partition,
+    /// Device node (`/dev/vda2`), or the image file for `plan --disk`.
+    pub dev: PathBuf,
+    pub fs: Option<FsKind>,
+    /// UUID from the LUKS2 header (libcryptsetup), when `fs` is LUKS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub luks_uuid: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskFacts {
+    /// Kernel name (`vda`) or the image path.
+    pub name: String,
+    pub dev: PathBuf,
+    pub size: u64,
+    /// The parsed GPT, or why it could not be read.
+    pub table: Result<Gpt, String>,
+    pub partitions: Vec<PartitionFacts>,
+}
+
+impl DiskFacts {
+    pub fn disk_guid(&self) -> Option<crate::guid::Guid> {
+        self.table.as_ref().ok().map(|t| t.disk_guid)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum TpmFacts {
+    Absent,
+    Present { manufacturer: String },
+    Unusable { error: String },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Facts {
+    pub disks: Vec<DiskFacts>,
+    pub tpm: TpmFacts,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(off: usize, magic: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; PROBE_LEN];
+        b[off..off + magic.len()].copy_from_slice(magic);
+        b
+    }
+
+    #[test]
+    fn probes_known_magics() {
+        assert_eq!(probe_fs(&with(1080, &[0x53, 0xEF])), Some(FsKind::Ext4));
+        assert_eq!(probe_fs(&with(1024, &[0xE2, 0xE1, 0xF5, 0xE0])), Some(FsKind::Erofs));
+        assert_eq!(probe_fs(&with(0, b"hsqs")), Some(FsKind::Squashfs));
+        assert_eq!(probe_fs(&with(0, b"LUKS\xba\xbe")), Some(FsKind::Luks));
+        let mut fat = with(82, b"FAT32");
+        fat[510] = 0x55;
+        fat[511] = 0xAA;
+        assert_eq!(probe_fs(&fat), Some(FsKind::Vfat));
+    }
+
+    #[test]
+    fn blank_and_short_buffers_are_unknown() {
+        assert_eq!(probe_fs(&[0u8; PROBE_LEN]), None);
+        assert_eq!(probe_fs(&[0u8; 10]), None);
+        assert_eq!(probe_fs(&[]), None);
+    }
+}

@@ -1,0 +1,194 @@
+//! initrd-helper: makes a golden appliance image safe to boot in stage 1.
+//!
+//! `run` gathers facts, plans and applies (the initrd unit calls it);
+//! `plan` prints what `run` would do, touching nothing.
+
+mod apply;
+mod cmdline;
+mod config;
+mod dps;
+mod facts;
+mod gpt;
+mod guid;
+mod hex;
+mod log;
+mod machine_id;
+mod mountinfo;
+mod plan;
+mod sys;
+
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "\
+usage: initrd-helper run  [--cmdline STR] [--config FILE] [--root DIR]
+       initrd-helper plan [--cmdline STR] [--config FILE] [--root DIR] [--disk IMAGE]... [--json]
+       initrd-helper --version
+
+  --cmdline STR  kernel command line (default: ROOT/proc/cmdline)
+  --config FILE  config file (default: /etc/initrd-helper/config.toml; missing = defaults)
+  --root DIR     where /sys, /dev and /proc are read from (default: /)
+  --disk IMAGE   plan against a disk image file instead of the machine's disks
+  --json         print the plan (and facts) as JSON";
+
+/// How often the boot disk is looked for again while waiting.
+const RESCAN_INTERVAL: Duration = Duration::from_millis(100);
+
+#[derive(Default)]
+struct Args {
+    command: String,
+    cmdline: Option<String>,
+    config: Option<PathBuf>,
+    root: Option<PathBuf>,
+    disks: Vec<PathBuf>,
+    json: bool,
+}
+
+fn parse_args() -> Result<Args, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut a = Args::default();
+    let mut p = lexopt::Parser::from_env();
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("cmdline") => a.cmdline = Some(p.value()?.string()?),
+            Long("config") => a.config = Some(p.value()?.into()),
+            Long("root") => a.root = Some(p.value()?.into()),
+            Long("disk") => a.disks.push(p.value()?.into()),
+            Long("json") => a.json = true,
+            Long("version") => a.command = "version".into(),
+            Long("help") | Short('h') => a.command = "help".into(),
+            Value(v) if a.command.is_empty() => a.command = v.string()?,
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    Ok(a)
+}
+
+struct Inputs {
+    cmd: cmdline::Cmdline,
+    cfg: config::Config,
+    root: PathBuf,
+}
+
+fn load_inputs(a: &Args) -> Result<Inputs> {
+    let root = a.root.clone().unwrap_or_else(|| PathBuf::from("/"));
+    let text = match &a.cmdline {
+        Some(c) => c.clone(),
+        None => std::fs::read_to_string(root.join("proc/cmdline")).context("reading /proc/cmdline")?,
+    };
+    let cmd = cmdline::parse(&text)?;
+    let cfg_path = a.config.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+    let cfg = config::load(&cfg_path)?;
+    Ok(Inputs { cmd, cfg, root })
+}
+
+/// Gathers facts and plans, rescanning until the boot disk shows up or the
+/// configured timeout passes (udev may still be loading the disk driver).
+fn plan_with_wait(i: &Inputs, images: &[PathBuf], wait: bool) -> Result<(plan::Plan, facts::Facts)> {
+    let deadline = Instant::now() + Duration::from_secs(i.cfg.devices.timeout_secs.into());
+    let mut said = false;
+    loop {
+        let facts = sys::gather(&i.root, images);
+        match plan::plan(&facts, &i.cmd, &i.cfg) {
+            Ok(p) => return Ok((p, facts)),
+            Err(e) if wait && e.may_resolve_by_waiting() && Instant::now() < deadline => {
+                if !said {
+                    ::log::info!("waiting up to {} s for the boot disk: {e}", i.cfg.devices.timeout_secs);
+                    said = true;
+                }
+                std::thread::sleep(RESCAN_INTERVAL);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn print_plan(p: &plan::Plan) {
+    println!("boot disk: {} (GPT disk GUID {})", p.boot_disk, p.boot_disk_guid);
+    for w in &p.warnings {
+        println!("warning: {w}");
+    }
+    for (n, s) in p.steps.iter().enumerate() {
+        println!("{:>2}. {:<12} {}", n + 1, s.name(), s.describe());
+    }
+}
+
+fn cmd_plan(a: &Args) -> Result<()> {
+    let i = load_inputs(a)?;
+    let (p, facts) = plan_with_wait(&i, &a.disks, false)?;
+    if a.json {
+        let v = serde_json::json!({ "plan": p, "facts": facts, "cmdline": i.cmd, "config": i.cfg });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print_plan(&p);
+    }
+    Ok(())
+}
+
+fn cmd_run(a: &Args) -> Result<()> {
+    let t = Instant::now();
+    let i = load_inputs(a)?;
+    log::set_debug(i.cmd.debug);
+    for w in &i.cmd.warnings {
+        ::log::warn!("kernel command line: {w}");
+    }
+    let (p, facts) = plan_with_wait(&i, &[], true)?;
+    ::log::info!("boot disk {} (GPT {}), TPM: {:?}", p.boot_disk, p.boot_disk_guid, facts.tpm);
+    for w in &p.warnings {
+        ::log::warn!("{w}");
+    }
+    for (n, s) in p.steps.iter().enumerate() {
+        ::log::info!("plan {}/{}: {}", n + 1, p.steps.len(), s.describe());
+    }
+    apply::apply(&p)?;
+    ::log::info!("all steps done in {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
+    Ok(())
+}
+
+/// Errors end in one line that says what failed and that nothing on disk
+/// was changed by the failing decision.
+fn report(e: &anyhow::Error) {
+    let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    ::log::error!("error: {}", chain.join(": "));
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("initrd-helper: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    // OpenSSL (inside libcryptsetup/tpm2-tss) must not dlopen providers or
+    // read the host's config from a static binary.
+    std::env::set_var("OPENSSL_CONF", "/dev/null");
+    std::env::set_var("OPENSSL_MODULES", "/nonexistent");
+    let result = match args.command.as_str() {
+        "run" => {
+            log::init(true, false);
+            cmd_run(&args)
+        }
+        "plan" => {
+            log::init(false, false);
+            cmd_plan(&args)
+        }
+        "version" => {
+            println!("initrd-helper {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        _ => {
+            println!("{USAGE}");
+            return ExitCode::from(if args.command == "help" { 0 } else { 2 });
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report(&e);
+            ExitCode::FAILURE
+        }
+    }
+}

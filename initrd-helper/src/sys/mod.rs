@@ -1,0 +1,35 @@
+//! The only code that touches the machine: block devices, mounts, the TPM,
+//! libcryptsetup. Everything above works on the typed values these return.
+
+pub mod block;
+pub mod luks;
+pub mod mount;
+pub mod tpm;
+
+use crate::facts::Facts;
+use std::path::Path;
+
+/// Gathers all facts under `root` (normally `/`; a fixture dir in tests).
+/// `images` replaces disk discovery with disk image files (for `plan`).
+pub fn gather(root: &Path, images: &[std::path::PathBuf]) -> Facts {
+    let disks = if images.is_empty() {
+        block::scan(root)
+    } else {
+        images.iter().map(|p| block::disk_from_image(p)).collect()
+    };
+    Facts {
+        disks,
+        tpm: tpm::probe(root),
+    }
+}
+
+/// 16 random bytes from the kernel (blocks only until the CRNG is ready).
+pub fn random16() -> std::io::Result<[u8; 16]> {
+    let mut b = [0u8; 16];
+    let mut filled = 0;
+    while filled < b.len() {
+        let n = rustix::rand::getrandom(&mut b[filled..], rustix::rand::GetRandomFlags::empty())?;
+        filled += n;
+    }
+    Ok(b)
+}

@@ -1,0 +1,37 @@
+#!/bin/bash
+# Installs every Debian package the build, the static libraries and the VM
+# tests need, on a fresh Debian 12 machine. Idempotent: a stamp keyed by the
+# package list makes later runs a no-op.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cache=${IH_CACHE:-$here/.cache}
+mkdir -p "$cache"
+
+PKGS=(
+  # static C libraries (built from source, see build-static-libs.sh)
+  build-essential autoconf automake autoconf-archive libtool libltdl-dev pkg-config
+  gettext autopoint dpkg-dev clang libclang-dev
+  libssl-dev libjson-c-dev uuid-dev libblkid-dev libargon2-dev libaio-dev libpopt-dev
+  # checks on the binary
+  file strace
+  # VM tests and the demo
+  qemu-system-x86 swtpm swtpm-tools mmdebstrap fdisk e2fsprogs cryptsetup-bin
+  dosfstools erofs-utils squashfs-tools ovmf
+)
+key=$(printf '%s\n' "${PKGS[@]}" | sha256sum | cut -c1-16)
+stamp="$cache/apt-$key.stamp"
+[ -e "$stamp" ] && exit 0
+
+export DEBIAN_FRONTEND=noninteractive
+# Source entries: the static build unpacks cryptsetup and lvm2 (bookworm) and
+# tpm2-tss (trixie: bookworm's source is gone from the archive).
+cat > /etc/apt/sources.list.d/initrd-helper-src.sources <<'SRC'
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: bookworm trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${PKGS[@]}" >/dev/null
+touch "$stamp"
