@@ -24,7 +24,11 @@ fn mount_root(source: &Path, fstype: &str, target: &str) -> Result<Outcome> {
     if let Some(m) = mountinfo::find(&sys::mount::table(), target) {
         let same = Path::new(&m.source) == source;
         if !same {
-            bail!("{target} is already mounted from {} (expected {})", m.source, source.display());
+            bail!(
+                "{target} is already mounted from {} (expected {})",
+                m.source,
+                source.display()
+            );
         }
         return Ok(Outcome::Skipped(format!("{target} already mounted")));
     }
@@ -39,11 +43,17 @@ fn etc_overlay(target: &str, state_dir: &str, upper: &str, work: &str) -> Result
         return Ok(Outcome::Skipped(format!("{target} already an overlay")));
     }
     if mountinfo::find(&table, state_dir).is_none() {
-        sys::mount::mount_tmpfs(Path::new(state_dir), ETC_TMPFS_OPTIONS)
-            .with_context(|| format!("mounting the tmpfs for the /etc upper layer at {state_dir}"))?;
+        sys::mount::mount_tmpfs(Path::new(state_dir), ETC_TMPFS_OPTIONS).with_context(|| {
+            format!("mounting the tmpfs for the /etc upper layer at {state_dir}")
+        })?;
     }
-    sys::mount::mount_overlay(Path::new(target), Path::new(target), Path::new(upper), Path::new(work))
-        .with_context(|| format!("mounting the overlay on {target}"))?;
+    sys::mount::mount_overlay(
+        Path::new(target),
+        Path::new(target),
+        Path::new(upper),
+        Path::new(work),
+    )
+    .with_context(|| format!("mounting the overlay on {target}"))?;
     Ok(Outcome::Done)
 }
 
@@ -54,7 +64,9 @@ fn write_machine_id(path: &str, source: &MachineIdSource) -> Result<Outcome> {
         MachineIdSource::KernelCommandLine(id) => id.clone(),
         MachineIdSource::Random => match (&recorded, &current) {
             (Some(r), Some(c)) if r == c && machine_id::is_valid(r.trim()) => {
-                return Ok(Outcome::Skipped("machine-id already written this boot".into()))
+                return Ok(Outcome::Skipped(
+                    "machine-id already written this boot".into(),
+                ))
             }
             _ => machine_id::from_random(sys::random16().context("reading random bytes")?),
         },
@@ -68,8 +80,18 @@ fn write_machine_id(path: &str, source: &MachineIdSource) -> Result<Outcome> {
 
 fn apply_step(step: &Step) -> Result<Outcome> {
     match step {
-        Step::MountRoot { source, fstype, target, .. } => mount_root(source, fstype, target),
-        Step::EtcOverlay { target, state_dir, upper, work } => etc_overlay(target, state_dir, upper, work),
+        Step::MountRoot {
+            source,
+            fstype,
+            target,
+            ..
+        } => mount_root(source, fstype, target),
+        Step::EtcOverlay {
+            target,
+            state_dir,
+            upper,
+            work,
+        } => etc_overlay(target, state_dir, upper, work),
         Step::MachineId { path, source } => write_machine_id(path, source),
     }
 }
@@ -81,8 +103,14 @@ pub fn apply(plan: &Plan) -> Result<()> {
         let outcome = apply_step(step).with_context(|| format!("step {}", step.name()))?;
         let ms = t.elapsed().as_secs_f64() * 1000.0;
         match outcome {
-            Outcome::Done => log::info!("step {}: done in {ms:.1} ms: {}", step.name(), step.describe()),
-            Outcome::Skipped(why) => log::info!("step {}: skipped in {ms:.1} ms ({why})", step.name()),
+            Outcome::Done => log::info!(
+                "step {}: done in {ms:.1} ms: {}",
+                step.name(),
+                step.describe()
+            ),
+            Outcome::Skipped(why) => {
+                log::info!("step {}: skipped in {ms:.1} ms ({why})", step.name())
+            }
         }
     }
     Ok(())

@@ -155,7 +155,11 @@ impl Cmdline {
         match name {
             "disk" => {
                 let g = v.and_then(|v| v.parse::<Guid>().ok()).ok_or_else(|| {
-                    refuse(key, v, "expected the boot disk's GPT disk GUID (see `blkid -p -s PTUUID`)")
+                    refuse(
+                        key,
+                        v,
+                        "expected the boot disk's GPT disk GUID (see `blkid -p -s PTUUID`)",
+                    )
                 })?;
                 self.disk = Some(g);
             }
@@ -202,9 +206,13 @@ mod tests {
 
     #[test]
     fn dash_and_underscore_are_equivalent_in_keys() {
-        let c = parse("initrd-helper.debug systemd.machine-id=0123456789abcdef0123456789abcdef").unwrap();
+        let c = parse("initrd-helper.debug systemd.machine-id=0123456789abcdef0123456789abcdef")
+            .unwrap();
         assert!(c.debug);
-        assert_eq!(c.machine_id.as_deref(), Some("0123456789abcdef0123456789abcdef"));
+        assert_eq!(
+            c.machine_id.as_deref(),
+            Some("0123456789abcdef0123456789abcdef")
+        );
     }
 
     #[test]
@@ -215,14 +223,20 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(c.roothash, Some(h));
-        assert_eq!(c.disk.unwrap().to_string(), "4f68bce3-e8cd-4db1-96e7-fbcaf984b709");
+        assert_eq!(
+            c.disk.unwrap().to_string(),
+            "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
+        );
     }
 
     #[test]
     fn malformed_security_options_are_refused() {
         let e = parse("initrd_helper.disk=banana").unwrap_err();
         assert_eq!(e.key, "initrd_helper.disk");
-        assert!(e.to_string().contains("initrd_helper.disk=\"banana\""), "{e}");
+        assert!(
+            e.to_string().contains("initrd_helper.disk=\"banana\""),
+            "{e}"
+        );
         assert!(parse("initrd_helper.disk").is_err());
         assert!(parse("roothash=xyz").is_err());
         assert!(parse(&format!("roothash={}", "a".repeat(63))).is_err());
@@ -232,7 +246,9 @@ mod tests {
 
     #[test]
     fn malformed_cosmetic_options_warn() {
-        let c = parse("initrd_helper.debug=sometimes initrd_helper.bogus=1 systemd.machine_id=nope").unwrap();
+        let c =
+            parse("initrd_helper.debug=sometimes initrd_helper.bogus=1 systemd.machine_id=nope")
+                .unwrap();
         assert!(!c.debug);
         assert_eq!(c.machine_id, None);
         assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
@@ -241,7 +257,11 @@ mod tests {
     #[test]
     fn factory_reset_bool_and_last_wins() {
         assert!(parse("systemd.factory_reset").unwrap().factory_reset);
-        assert!(!parse("systemd.factory_reset=1 systemd.factory_reset=0").unwrap().factory_reset);
+        assert!(
+            !parse("systemd.factory_reset=1 systemd.factory_reset=0")
+                .unwrap()
+                .factory_reset
+        );
     }
 
     #[test]

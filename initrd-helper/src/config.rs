@@ -11,7 +11,10 @@ pub const DEFAULT_PATH: &str = "/etc/initrd-helper/config.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("parsing {path}: {message}")]
     Parse { path: String, message: String },
 }
@@ -109,7 +112,10 @@ fn validate(cfg: &Config) -> Result<(), String> {
         d.parse::<crate::guid::Guid>()
             .map_err(|e| format!("devices.disk = {d:?}: {e}"))?;
     }
-    for (name, p) in [("root.mount_point", &cfg.root.mount_point), ("etc.state_dir", &cfg.etc.state_dir)] {
+    for (name, p) in [
+        ("root.mount_point", &cfg.root.mount_point),
+        ("etc.state_dir", &cfg.etc.state_dir),
+    ] {
         if !p.starts_with('/') {
             return Err(format!("{name} = {p:?}: must be an absolute path"));
         }
@@ -123,7 +129,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     match std::fs::read_to_string(path) {
         Ok(text) => parse(&text, &shown),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
-        Err(source) => Err(ConfigError::Read { path: shown, source }),
+        Err(source) => Err(ConfigError::Read {
+            path: shown,
+            source,
+        }),
     }
 }
 
@@ -163,7 +172,10 @@ mod tests {
             "not toml at all [",
         ] {
             let e = parse(bad, "cfg.toml").unwrap_err();
-            assert!(e.to_string().starts_with("parsing cfg.toml: "), "{bad}: {e}");
+            assert!(
+                e.to_string().starts_with("parsing cfg.toml: "),
+                "{bad}: {e}"
+            );
         }
     }
 

@@ -101,8 +101,14 @@ mod tests {
 
     #[test]
     fn constants_match_the_spec_text() {
-        assert_eq!(ROOT_X86_64.to_string(), "4f68bce3-e8cd-4db1-96e7-fbcaf984b709");
-        assert_eq!(ROOT_VERITY_X86_64.to_string(), "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5");
+        assert_eq!(
+            ROOT_X86_64.to_string(),
+            "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
+        );
+        assert_eq!(
+            ROOT_VERITY_X86_64.to_string(),
+            "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5"
+        );
         assert_eq!(VAR.to_string(), "4d21b016-b534-45c2-a9fb-5c16e091fd2d");
         assert_eq!(ESP.to_string(), "c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
     }

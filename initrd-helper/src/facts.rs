@@ -110,7 +110,10 @@ mod tests {
     #[test]
     fn probes_known_magics() {
         assert_eq!(probe_fs(&with(1080, &[0x53, 0xEF])), Some(FsKind::Ext4));
-        assert_eq!(probe_fs(&with(1024, &[0xE2, 0xE1, 0xF5, 0xE0])), Some(FsKind::Erofs));
+        assert_eq!(
+            probe_fs(&with(1024, &[0xE2, 0xE1, 0xF5, 0xE0])),
+            Some(FsKind::Erofs)
+        );
         assert_eq!(probe_fs(&with(0, b"hsqs")), Some(FsKind::Squashfs));
         assert_eq!(probe_fs(&with(0, b"LUKS\xba\xbe")), Some(FsKind::Luks));
         let mut fat = with(82, b"FAT32");

@@ -152,7 +152,11 @@ fn parse_entry(e: &[u8], number: u32) -> Option<Partition> {
     })
 }
 
-fn read_entries<R: Read + Seek>(r: &mut R, h: &Header, ss: u64) -> Result<Vec<Partition>, GptError> {
+fn read_entries<R: Read + Seek>(
+    r: &mut R,
+    h: &Header,
+    ss: u64,
+) -> Result<Vec<Partition>, GptError> {
     let len = h.num_entries as usize * h.entry_size as usize;
     let raw = read_at(r, h.entries_lba * ss, len)?;
     if crc32fast::hash(&raw) != h.entries_crc {
@@ -299,7 +303,10 @@ pub(crate) mod tests {
         let n = img.len();
         img[512 + 30] ^= 0xff;
         img[n - 512 + 30] ^= 0xff;
-        assert!(matches!(read(&mut Cursor::new(img)), Err(GptError::BadHeaders)));
+        assert!(matches!(
+            read(&mut Cursor::new(img)),
+            Err(GptError::BadHeaders)
+        ));
     }
 
     #[test]
@@ -308,7 +315,10 @@ pub(crate) mod tests {
         let n = img.len();
         img[2 * 512 + 40] ^= 0xff;
         img[n - 33 * 512 + 40] ^= 0xff;
-        assert!(matches!(read(&mut Cursor::new(img)), Err(GptError::BadEntries)));
+        assert!(matches!(
+            read(&mut Cursor::new(img)),
+            Err(GptError::BadEntries)
+        ));
     }
 
     #[test]

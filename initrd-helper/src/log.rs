@@ -38,12 +38,17 @@ pub fn format_record(level: Level, pid: u32, msg: &str) -> String {
         cut -= 1;
     }
     let line = msg[..cut].replace('\n', " ");
-    format!("<{}>{IDENT}[{pid}]: {line}\n", FACILITY_USER | priority(level))
+    format!(
+        "<{}>{IDENT}[{pid}]: {line}\n",
+        FACILITY_USER | priority(level)
+    )
 }
 
 impl Log for Logger {
     fn enabled(&self, m: &Metadata) -> bool {
-        m.level() <= self.level
+        // Libraries (tss-esapi logs "Closing context." at info) only at warn+.
+        let ours = m.target().starts_with("initrd_helper");
+        m.level() <= if ours { self.level } else { LevelFilter::Warn }
     }
 
     fn log(&self, r: &Record) {
@@ -70,7 +75,11 @@ impl Log for Logger {
 /// Installs the logger; `to_kmsg` is honoured only when /dev/kmsg is writable.
 pub fn init(to_kmsg: bool, debug: bool) {
     let kmsg = to_kmsg && std::fs::OpenOptions::new().write(true).open(KMSG).is_ok();
-    let level = if debug { LevelFilter::Debug } else { LevelFilter::Info };
+    let level = if debug {
+        LevelFilter::Debug
+    } else {
+        LevelFilter::Info
+    };
     if log::set_boxed_logger(Box::new(Logger { kmsg, level })).is_ok() {
         log::set_max_level(level);
     }
@@ -89,8 +98,14 @@ mod tests {
 
     #[test]
     fn record_has_priority_and_ident() {
-        assert_eq!(format_record(Level::Error, 7, "boom"), "<11>initrd-helper[7]: boom\n");
-        assert_eq!(format_record(Level::Info, 7, "a\nb"), "<14>initrd-helper[7]: a b\n");
+        assert_eq!(
+            format_record(Level::Error, 7, "boom"),
+            "<11>initrd-helper[7]: boom\n"
+        );
+        assert_eq!(
+            format_record(Level::Info, 7, "a\nb"),
+            "<14>initrd-helper[7]: a b\n"
+        );
     }
 
     #[test]

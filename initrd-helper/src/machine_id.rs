@@ -7,7 +7,8 @@ use std::path::Path;
 
 pub fn is_valid(s: &str) -> bool {
     s.len() == 32
-        && s.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        && s.chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
         && s.chars().any(|c| c != '0')
 }
 
@@ -61,6 +62,9 @@ mod tests {
         write(&p, "x\n").unwrap();
         write(&p, "y\n").unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "y\n");
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o444);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o444
+        );
     }
 }

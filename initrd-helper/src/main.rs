@@ -33,6 +33,10 @@ usage: initrd-helper run  [--cmdline STR] [--config FILE] [--root DIR]
   --disk IMAGE   plan against a disk image file instead of the machine's disks
   --json         print the plan (and facts) as JSON";
 
+/// Said with every error found before any step ran: the decision to stop
+/// was made on facts alone.
+const NOTHING_CHANGED: &str = "refusing to boot, nothing was changed on disk";
+
 /// How often the boot disk is looked for again while waiting.
 const RESCAN_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -76,17 +80,26 @@ fn load_inputs(a: &Args) -> Result<Inputs> {
     let root = a.root.clone().unwrap_or_else(|| PathBuf::from("/"));
     let text = match &a.cmdline {
         Some(c) => c.clone(),
-        None => std::fs::read_to_string(root.join("proc/cmdline")).context("reading /proc/cmdline")?,
+        None => {
+            std::fs::read_to_string(root.join("proc/cmdline")).context("reading /proc/cmdline")?
+        }
     };
     let cmd = cmdline::parse(&text)?;
-    let cfg_path = a.config.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+    let cfg_path = a
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
     let cfg = config::load(&cfg_path)?;
     Ok(Inputs { cmd, cfg, root })
 }
 
 /// Gathers facts and plans, rescanning until the boot disk shows up or the
 /// configured timeout passes (udev may still be loading the disk driver).
-fn plan_with_wait(i: &Inputs, images: &[PathBuf], wait: bool) -> Result<(plan::Plan, facts::Facts)> {
+fn plan_with_wait(
+    i: &Inputs,
+    images: &[PathBuf],
+    wait: bool,
+) -> Result<(plan::Plan, facts::Facts)> {
     let deadline = Instant::now() + Duration::from_secs(i.cfg.devices.timeout_secs.into());
     let mut said = false;
     loop {
@@ -95,7 +108,10 @@ fn plan_with_wait(i: &Inputs, images: &[PathBuf], wait: bool) -> Result<(plan::P
             Ok(p) => return Ok((p, facts)),
             Err(e) if wait && e.may_resolve_by_waiting() && Instant::now() < deadline => {
                 if !said {
-                    ::log::info!("waiting up to {} s for the boot disk: {e}", i.cfg.devices.timeout_secs);
+                    ::log::info!(
+                        "waiting up to {} s for the boot disk: {e}",
+                        i.cfg.devices.timeout_secs
+                    );
                     said = true;
                 }
                 std::thread::sleep(RESCAN_INTERVAL);
@@ -106,7 +122,10 @@ fn plan_with_wait(i: &Inputs, images: &[PathBuf], wait: bool) -> Result<(plan::P
 }
 
 fn print_plan(p: &plan::Plan) {
-    println!("boot disk: {} (GPT disk GUID {})", p.boot_disk, p.boot_disk_guid);
+    println!(
+        "boot disk: {} (GPT disk GUID {})",
+        p.boot_disk, p.boot_disk_guid
+    );
     for w in &p.warnings {
         println!("warning: {w}");
     }
@@ -129,13 +148,18 @@ fn cmd_plan(a: &Args) -> Result<()> {
 
 fn cmd_run(a: &Args) -> Result<()> {
     let t = Instant::now();
-    let i = load_inputs(a)?;
+    let i = load_inputs(a).context(NOTHING_CHANGED)?;
     log::set_debug(i.cmd.debug);
     for w in &i.cmd.warnings {
         ::log::warn!("kernel command line: {w}");
     }
-    let (p, facts) = plan_with_wait(&i, &[], true)?;
-    ::log::info!("boot disk {} (GPT {}), TPM: {:?}", p.boot_disk, p.boot_disk_guid, facts.tpm);
+    let (p, facts) = plan_with_wait(&i, &[], true).context(NOTHING_CHANGED)?;
+    ::log::info!(
+        "boot disk {} (GPT {}), TPM: {:?}",
+        p.boot_disk,
+        p.boot_disk_guid,
+        facts.tpm
+    );
     for w in &p.warnings {
         ::log::warn!("{w}");
     }
@@ -143,7 +167,10 @@ fn cmd_run(a: &Args) -> Result<()> {
         ::log::info!("plan {}/{}: {}", n + 1, p.steps.len(), s.describe());
     }
     apply::apply(&p)?;
-    ::log::info!("all steps done in {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
+    ::log::info!(
+        "all steps done in {:.1} ms",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
     Ok(())
 }
 
@@ -166,6 +193,10 @@ fn main() -> ExitCode {
     // read the host's config from a static binary.
     std::env::set_var("OPENSSL_CONF", "/dev/null");
     std::env::set_var("OPENSSL_MODULES", "/nonexistent");
+    // tpm2-tss logs to stderr itself; our errors carry its cause already.
+    if std::env::var_os("TSS2_LOG").is_none() {
+        std::env::set_var("TSS2_LOG", "all+none");
+    }
     let result = match args.command.as_str() {
         "run" => {
             log::init(true, false);

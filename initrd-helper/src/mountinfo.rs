@@ -15,10 +15,15 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let oct = b.get(i + 1..i + 4).filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
         match oct {
             Some(d) => {
-                out.push(d.iter().fold(0u8, |a, c| a.wrapping_mul(8).wrapping_add(c - b'0')));
+                out.push(
+                    d.iter()
+                        .fold(0u8, |a, c| a.wrapping_mul(8).wrapping_add(c - b'0')),
+                );
                 i += 4;
             }
             None => {
@@ -69,7 +74,10 @@ bogus line
         let m = parse(SAMPLE);
         assert_eq!(m.len(), 4);
         let r = find(&m, "/sysroot/").unwrap();
-        assert_eq!((r.fstype.as_str(), r.source.as_str()), ("ext4", "/dev/vda2"));
+        assert_eq!(
+            (r.fstype.as_str(), r.source.as_str()),
+            ("ext4", "/dev/vda2")
+        );
         assert_eq!(r.options, "ro,relatime");
         assert_eq!(find(&m, "/sysroot/etc").unwrap().fstype, "overlay");
         assert_eq!(find(&m, "/mnt/a b").unwrap().fstype, "tmpfs");

@@ -22,13 +22,17 @@ pub enum PlanError {
     AmbiguousDisks(Vec<String>),
     #[error("the partition table of {disk} cannot be used: {error}")]
     BadTable { disk: String, error: String },
-    #[error("disk {0} has no bootable root partition (all root slots are empty, partial or pending)")]
+    #[error(
+        "disk {0} has no bootable root partition (all root slots are empty, partial or pending)"
+    )]
     NoBootableRoot(String),
     #[error("no roothash= on the kernel command line and root.unverified = \"refuse\": refusing to mount an unverified root (set root.unverified = \"mount-read-only\" for development images)")]
     UnverifiedRefused,
     #[error("roothash= was given but this build cannot activate dm-verity yet")]
     VerityUnsupported,
-    #[error("root partition {dev} ({label:?}) holds no supported file system (ext4, erofs, squashfs)")]
+    #[error(
+        "root partition {dev} ({label:?}) holds no supported file system (ext4, erofs, squashfs)"
+    )]
     NoRootFs { dev: String, label: String },
 }
 
@@ -69,7 +73,10 @@ pub enum Step {
         work: String,
     },
     /// Write /etc/machine-id into the (writable) /etc.
-    MachineId { path: String, source: MachineIdSource },
+    MachineId {
+        path: String,
+        source: MachineIdSource,
+    },
 }
 
 impl Step {
@@ -85,15 +92,26 @@ impl Step {
     /// One line saying what the step will do.
     pub fn describe(&self) -> String {
         match self {
-            Step::MountRoot { source, fstype, label, target, .. } => {
-                format!("mount {} ({fstype}, slot {label:?}) read-only at {target}", source.display())
+            Step::MountRoot {
+                source,
+                fstype,
+                label,
+                target,
+                ..
+            } => {
+                format!(
+                    "mount {} ({fstype}, slot {label:?}) read-only at {target}",
+                    source.display()
+                )
             }
             Step::EtcOverlay { target, upper, .. } => {
                 format!("overlay {target} (lower: image, upper: tmpfs {upper})")
             }
             Step::MachineId { path, source } => match source {
                 MachineIdSource::Random => format!("write a random machine-id to {path}"),
-                MachineIdSource::KernelCommandLine(id) => format!("write machine-id {id} (systemd.machine_id=) to {path}"),
+                MachineIdSource::KernelCommandLine(id) => {
+                    format!("write machine-id {id} (systemd.machine_id=) to {path}")
+                }
             },
         }
     }
@@ -108,13 +126,15 @@ pub struct Plan {
 }
 
 fn has_root(d: &DiskFacts) -> bool {
-    d.partitions.iter().any(|p| p.gpt.type_guid == dps::ROOT_X86_64)
+    d.partitions
+        .iter()
+        .any(|p| p.gpt.type_guid == dps::ROOT_X86_64)
 }
 
 /// The disk we may read and (later) write. Only one disk is ever chosen:
 /// look-alike partitions on other disks are ignored, and two candidate
 /// disks without an explicit choice are an error (systemd#38907).
-pub fn select_disk<'f>(facts: &'f Facts, wanted: Option<Guid>) -> Result<&'f DiskFacts, PlanError> {
+pub fn select_disk(facts: &Facts, wanted: Option<Guid>) -> Result<&DiskFacts, PlanError> {
     if let Some(g) = wanted {
         return facts
             .disks
@@ -135,7 +155,9 @@ pub fn select_disk<'f>(facts: &'f Facts, wanted: Option<Guid>) -> Result<&'f Dis
                 searched: facts.disks.iter().map(|d| d.name.clone()).collect(),
             }),
         },
-        many => Err(PlanError::AmbiguousDisks(many.iter().map(|d| d.name.clone()).collect())),
+        many => Err(PlanError::AmbiguousDisks(
+            many.iter().map(|d| d.name.clone()).collect(),
+        )),
     }
 }
 
@@ -162,10 +184,12 @@ pub fn select_unverified_slot(disk: &DiskFacts) -> Result<&PartitionFacts, PlanE
 }
 
 fn mount_root_step(p: &PartitionFacts, target: &str) -> Result<Step, PlanError> {
-    let fs = p.fs.filter(|f| f.is_root_fs()).ok_or_else(|| PlanError::NoRootFs {
-        dev: p.dev.display().to_string(),
-        label: p.gpt.label.clone(),
-    })?;
+    let fs =
+        p.fs.filter(|f| f.is_root_fs())
+            .ok_or_else(|| PlanError::NoRootFs {
+                dev: p.dev.display().to_string(),
+                label: p.gpt.label.clone(),
+            })?;
     Ok(Step::MountRoot {
         source: p.dev.clone(),
         fstype: fs.mount_type().into(),
@@ -200,7 +224,9 @@ fn etc_steps(cmd: &Cmdline, cfg: &Config) -> Vec<Step> {
 
 /// Turns facts, command line and config into the boot plan.
 pub fn plan(facts: &Facts, cmd: &Cmdline, cfg: &Config) -> Result<Plan, PlanError> {
-    let wanted = cmd.disk.or_else(|| cfg.devices.disk.as_deref().and_then(|d| d.parse().ok()));
+    let wanted = cmd
+        .disk
+        .or_else(|| cfg.devices.disk.as_deref().and_then(|d| d.parse().ok()));
     let disk = select_disk(facts, wanted)?;
     let table = disk.table.as_ref().map_err(|e| PlanError::BadTable {
         disk: disk.name.clone(),
@@ -208,7 +234,10 @@ pub fn plan(facts: &Facts, cmd: &Cmdline, cfg: &Config) -> Result<Plan, PlanErro
     })?;
     let mut warnings = cmd.warnings.clone();
     if table.used_backup {
-        warnings.push(format!("{}: primary GPT header is damaged; using the backup", disk.name));
+        warnings.push(format!(
+            "{}: primary GPT header is damaged; using the backup",
+            disk.name
+        ));
     }
     let slot = match (&cmd.roothash, cfg.root.unverified) {
         (Some(_), _) => return Err(PlanError::VerityUnsupported),
@@ -283,7 +312,10 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn facts(disks: Vec<DiskFacts>) -> Facts {
-        Facts { disks, tpm: TpmFacts::Absent }
+        Facts {
+            disks,
+            tpm: TpmFacts::Absent,
+        }
     }
 
     fn dev_cfg() -> Config {
@@ -294,23 +326,39 @@ pub(crate) mod tests {
 
     #[test]
     fn plans_the_skeleton_boot() {
-        let p = plan(&facts(vec![standard_disk("vda", 1)]), &Cmdline::default(), &dev_cfg()).unwrap();
+        let p = plan(
+            &facts(vec![standard_disk("vda", 1)]),
+            &Cmdline::default(),
+            &dev_cfg(),
+        )
+        .unwrap();
         assert_eq!(p.boot_disk, "vda");
         let names: Vec<_> = p.steps.iter().map(Step::name).collect();
         assert_eq!(names, ["mount-root", "etc-overlay", "machine-id"]);
         match &p.steps[0] {
-            Step::MountRoot { source, fstype, target, .. } => {
+            Step::MountRoot {
+                source,
+                fstype,
+                target,
+                ..
+            } => {
                 assert_eq!(source, &PathBuf::from("/dev/vda2"));
                 assert_eq!((fstype.as_str(), target.as_str()), ("ext4", "/sysroot"));
             }
             s => panic!("unexpected {s:?}"),
         }
-        assert!(p.steps[1].describe().contains("/run/initrd-helper/etc/upper"));
+        assert!(p.steps[1]
+            .describe()
+            .contains("/run/initrd-helper/etc/upper"));
     }
 
     #[test]
     fn refuses_unverified_root_by_default() {
-        let e = plan(&facts(vec![standard_disk("vda", 1)]), &Cmdline::default(), &Config::default());
+        let e = plan(
+            &facts(vec![standard_disk("vda", 1)]),
+            &Cmdline::default(),
+            &Config::default(),
+        );
         assert_eq!(e.unwrap_err(), PlanError::UnverifiedRefused);
     }
 
@@ -334,7 +382,14 @@ pub(crate) mod tests {
     #[test]
     fn equal_versions_prefer_the_lower_partition_number() {
         let e4 = Some(FsKind::Ext4);
-        let d = disk("vda", 1, vec![part(2, dps::ROOT_X86_64, "root", e4), part(4, dps::ROOT_X86_64, "root", e4)]);
+        let d = disk(
+            "vda",
+            1,
+            vec![
+                part(2, dps::ROOT_X86_64, "root", e4),
+                part(4, dps::ROOT_X86_64, "root", e4),
+            ],
+        );
         assert_eq!(select_unverified_slot(&d).unwrap().gpt.number, 2);
     }
 
@@ -351,7 +406,10 @@ pub(crate) mod tests {
         let e = plan(&f, &Cmdline::default(), &dev_cfg()).unwrap_err();
         assert!(matches!(e, PlanError::AmbiguousDisks(ref v) if v == &["vda", "vdb"]));
         assert!(e.to_string().contains("initrd_helper.disk="));
-        let cmd = Cmdline { disk: Some(Guid::from_bytes([2; 16])), ..Cmdline::default() };
+        let cmd = Cmdline {
+            disk: Some(Guid::from_bytes([2; 16])),
+            ..Cmdline::default()
+        };
         assert_eq!(plan(&f, &cmd, &dev_cfg()).unwrap().boot_disk, "vdb");
     }
 
@@ -360,21 +418,35 @@ pub(crate) mod tests {
         let f = facts(vec![standard_disk("vda", 1), standard_disk("vdb", 2)]);
         let mut cfg = dev_cfg();
         cfg.devices.disk = Some(Guid::from_bytes([1; 16]).to_string());
-        assert_eq!(plan(&f, &Cmdline::default(), &cfg).unwrap().boot_disk, "vda");
-        let cmd = Cmdline { disk: Some(Guid::from_bytes([2; 16])), ..Cmdline::default() };
+        assert_eq!(
+            plan(&f, &Cmdline::default(), &cfg).unwrap().boot_disk,
+            "vda"
+        );
+        let cmd = Cmdline {
+            disk: Some(Guid::from_bytes([2; 16])),
+            ..Cmdline::default()
+        };
         assert_eq!(plan(&f, &cmd, &cfg).unwrap().boot_disk, "vdb");
     }
 
     #[test]
     fn look_alike_disk_without_root_is_ignored() {
         let other = disk("vdb", 2, vec![part(1, dps::VAR, "data", None)]);
-        let p = plan(&facts(vec![other, standard_disk("vda", 1)]), &Cmdline::default(), &dev_cfg()).unwrap();
+        let p = plan(
+            &facts(vec![other, standard_disk("vda", 1)]),
+            &Cmdline::default(),
+            &dev_cfg(),
+        )
+        .unwrap();
         assert_eq!(p.boot_disk, "vda");
     }
 
     #[test]
     fn named_disk_missing_waits_then_fails() {
-        let cmd = Cmdline { disk: Some(Guid::from_bytes([9; 16])), ..Cmdline::default() };
+        let cmd = Cmdline {
+            disk: Some(Guid::from_bytes([9; 16])),
+            ..Cmdline::default()
+        };
         let e = plan(&facts(vec![standard_disk("vda", 1)]), &cmd, &dev_cfg()).unwrap_err();
         assert!(e.may_resolve_by_waiting());
         let e = plan(&facts(vec![]), &Cmdline::default(), &dev_cfg()).unwrap_err();
@@ -412,7 +484,10 @@ pub(crate) mod tests {
     fn machine_id_from_cmdline_and_no_overlay() {
         let mut cfg = dev_cfg();
         cfg.etc.overlay = false;
-        let cmd = Cmdline { machine_id: Some("ab".repeat(16)), ..Cmdline::default() };
+        let cmd = Cmdline {
+            machine_id: Some("ab".repeat(16)),
+            ..Cmdline::default()
+        };
         let p = plan(&facts(vec![standard_disk("vda", 1)]), &cmd, &cfg).unwrap();
         assert_eq!(p.steps.len(), 2);
         assert_eq!(
@@ -426,7 +501,12 @@ pub(crate) mod tests {
 
     #[test]
     fn plan_serialises_to_json() {
-        let p = plan(&facts(vec![standard_disk("vda", 1)]), &Cmdline::default(), &dev_cfg()).unwrap();
+        let p = plan(
+            &facts(vec![standard_disk("vda", 1)]),
+            &Cmdline::default(),
+            &dev_cfg(),
+        )
+        .unwrap();
         let j = serde_json::to_value(&p).unwrap();
         assert_eq!(j["steps"][0]["step"], "mount-root");
         assert_eq!(j["steps"][2]["source"]["kind"], "random");

@@ -12,13 +12,17 @@ use std::path::{Path, PathBuf};
 const SKIP_PREFIXES: [&str; 7] = ["loop", "ram", "zram", "sr", "dm-", "md", "nbd"];
 
 fn read_trimmed(p: &Path) -> Option<String> {
-    std::fs::read_to_string(p).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// Partition number -> device node, from /sys/class/block/<disk>/<part>/partition.
 fn partition_nodes(root: &Path, sys_disk: &Path) -> BTreeMap<u32, PathBuf> {
     let mut out = BTreeMap::new();
-    let Ok(rd) = std::fs::read_dir(sys_disk) else { return out };
+    let Ok(rd) = std::fs::read_dir(sys_disk) else {
+        return out;
+    };
     for e in rd.flatten() {
         let num = read_trimmed(&e.path().join("partition")).and_then(|n| n.parse().ok());
         if let Some(n) = num {
@@ -31,7 +35,9 @@ fn partition_nodes(root: &Path, sys_disk: &Path) -> BTreeMap<u32, PathBuf> {
 /// Whole disks the kernel knows now, with their tables and partitions.
 pub fn scan(root: &Path) -> Vec<DiskFacts> {
     let class = root.join("sys/class/block");
-    let Ok(rd) = std::fs::read_dir(&class) else { return Vec::new() };
+    let Ok(rd) = std::fs::read_dir(&class) else {
+        return Vec::new();
+    };
     let mut names: Vec<String> = rd
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -43,7 +49,9 @@ pub fn scan(root: &Path) -> Vec<DiskFacts> {
         .into_iter()
         .map(|n| {
             let nodes = partition_nodes(root, &class.join(&n));
-            read_disk(n.clone(), root.join("dev").join(&n), true, |num| nodes.get(&num).cloned())
+            read_disk(n.clone(), root.join("dev").join(&n), true, |num| {
+                nodes.get(&num).cloned()
+            })
         })
         .collect()
 }
@@ -51,7 +59,9 @@ pub fn scan(root: &Path) -> Vec<DiskFacts> {
 /// Facts for a disk image file: partition "devices" are the image itself.
 pub fn disk_from_image(path: &Path) -> DiskFacts {
     let p = path.to_path_buf();
-    read_disk(path.display().to_string(), p.clone(), false, |_| Some(p.clone()))
+    read_disk(path.display().to_string(), p.clone(), false, |_| {
+        Some(p.clone())
+    })
 }
 
 fn probe_at(f: &mut File, offset: u64) -> Option<FsKind> {
@@ -63,8 +73,19 @@ fn probe_at(f: &mut File, offset: u64) -> Option<FsKind> {
 
 /// `devices`: partitions are real block devices (libcryptsetup can open
 /// them), not offsets into an image file.
-fn read_disk(name: String, dev: PathBuf, devices: bool, node: impl Fn(u32) -> Option<PathBuf>) -> DiskFacts {
-    let mut facts = DiskFacts { name, dev: dev.clone(), size: 0, table: Err(String::new()), partitions: Vec::new() };
+fn read_disk(
+    name: String,
+    dev: PathBuf,
+    devices: bool,
+    node: impl Fn(u32) -> Option<PathBuf>,
+) -> DiskFacts {
+    let mut facts = DiskFacts {
+        name,
+        dev: dev.clone(),
+        size: 0,
+        table: Err(String::new()),
+        partitions: Vec::new(),
+    };
     let mut f = match File::open(&dev) {
         Ok(f) => f,
         Err(e) => {
@@ -81,9 +102,18 @@ fn read_disk(name: String, dev: PathBuf, devices: bool, node: impl Fn(u32) -> Op
                 let Some(pdev) = node(p.number) else { continue };
                 let fs = probe_at(&mut f, p.offset(t.sector_size));
                 let luks_uuid = (devices && fs == Some(FsKind::Luks))
-                    .then(|| super::luks::luks2_uuid(&pdev).map_err(|e| log::debug!("{e}")).ok())
+                    .then(|| {
+                        super::luks::luks2_uuid(&pdev)
+                            .map_err(|e| log::debug!("{e}"))
+                            .ok()
+                    })
                     .flatten();
-                facts.partitions.push(PartitionFacts { gpt: p.clone(), dev: pdev, fs, luks_uuid });
+                facts.partitions.push(PartitionFacts {
+                    gpt: p.clone(),
+                    dev: pdev,
+                    fs,
+                    luks_uuid,
+                });
             }
             facts.table = Ok(t);
         }

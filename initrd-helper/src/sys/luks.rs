@@ -14,7 +14,10 @@ pub enum LuksError {
 
 /// The UUID of the LUKS2 header on `dev`, or an error when there is none.
 pub fn luks2_uuid(dev: &Path) -> Result<String, LuksError> {
-    let wrap = |source| LuksError::Lib { dev: dev.display().to_string(), source };
+    let wrap = |source| LuksError::Lib {
+        dev: dev.display().to_string(),
+        source,
+    };
     let mut cd = CryptInit::init(dev).map_err(wrap)?;
     cd.context_handle()
         .load::<()>(Some(EncryptionFormat::Luks2), None)

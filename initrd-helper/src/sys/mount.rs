@@ -17,13 +17,25 @@ fn mkdir(p: &Path) -> io::Result<()> {
 
 pub fn mount_ro(source: &Path, target: &Path, fstype: &str) -> io::Result<()> {
     mkdir(target)?;
-    mount(source, target, fstype, MountFlags::RDONLY | MountFlags::NODEV, None)?;
+    mount(
+        source,
+        target,
+        fstype,
+        MountFlags::RDONLY | MountFlags::NODEV,
+        None,
+    )?;
     Ok(())
 }
 
 pub fn mount_tmpfs(target: &Path, options: &str) -> io::Result<()> {
     mkdir(target)?;
-    mount("initrd-helper", target, "tmpfs", MountFlags::NOSUID | MountFlags::NODEV, data(options)?.as_c_str())?;
+    mount(
+        "initrd-helper",
+        target,
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        data(options)?.as_c_str(),
+    )?;
     Ok(())
 }
 
@@ -36,7 +48,13 @@ pub fn mount_overlay(target: &Path, lower: &Path, upper: &Path, work: &Path) -> 
         upper.display(),
         work.display()
     );
-    mount("overlay", target, "overlay", MountFlags::empty(), data(&opts)?.as_c_str())?;
+    mount(
+        "overlay",
+        target,
+        "overlay",
+        MountFlags::empty(),
+        data(&opts)?.as_c_str(),
+    )?;
     Ok(())
 }
 

@@ -1,8 +1,9 @@
 //! TPM2 access through tss-esapi (tpm2-tss linked statically with a fixed
 //! TCTI table: `device` and `swtpm`). For now: presence and manufacturer.
 //!
-//! `INITRD_HELPER_TCTI` overrides the TCTI (e.g. `swtpm:path=/tmp/swtpm.sock`
-//! in tests); the default is the kernel resource manager `/dev/tpmrm0`.
+//! `INITRD_HELPER_TCTI` overrides the TCTI (e.g. `swtpm:host=127.0.0.1,port=2321`
+//! in tests: tss-esapi's swtpm config is TCP only); the default is the kernel
+//! resource manager `/dev/tpmrm0`.
 
 use crate::facts::TpmFacts;
 use std::path::Path;
@@ -38,10 +39,14 @@ fn manufacturer(conf: &str) -> Result<String, tss_esapi::Error> {
 }
 
 pub fn probe(root: &Path) -> TpmFacts {
-    let Some(conf) = tcti(root) else { return TpmFacts::Absent };
+    let Some(conf) = tcti(root) else {
+        return TpmFacts::Absent;
+    };
     match manufacturer(&conf) {
         Ok(m) => TpmFacts::Present { manufacturer: m },
-        Err(e) => TpmFacts::Unusable { error: format!("{conf}: {e}") },
+        Err(e) => TpmFacts::Unusable {
+            error: format!("{conf}: {e}"),
+        },
     }
 }
 

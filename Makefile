@@ -1,0 +1,57 @@
+# The two commands: `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+export IH_CACHE ?= $(CURDIR)/.cache
+CARGO := scripts/cargo-static
+BIN := target/x86_64-unknown-linux-gnu/release/initrd-helper
+VM_DIR = $(IH_CACHE)/vm/current
+
+.PHONY: all deps static build lint unit images check-static vm test demo bench clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+static: deps
+	@scripts/build-static-libs.sh >/dev/null
+
+build: static
+	$(CARGO) build --release --locked -p initrd-helper
+
+lint: static
+	cargo fmt --all --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+
+unit: static
+	$(CARGO) test --locked -p initrd-helper --bins
+
+images: build
+	vm-tests/build-image.sh $(BIN) >/dev/null
+
+check-static: images
+	scripts/check-static.sh $(BIN) $(VM_DIR)/disk.img
+
+vm: images
+	IH_VM_DIR=$(VM_DIR) $(CARGO) test --locked -p vm-tests --tests -- --ignored --test-threads=1
+
+# Everything CI runs: lint, unit tests, the static-binary check, VM scenarios.
+# Ends with one "N passed, N failed" line counted over every test run.
+test: deps
+	@start=$$(date +%s); log=$$(mktemp); \
+	status=0; $(MAKE) --no-print-directory lint unit check-static vm 2>&1 | tee "$$log" || status=$$?; \
+	passed=$$(grep -cE '^test .* \.\.\. .*ok$$' "$$log" || true); \
+	failed=$$(grep -cE '^test .* \.\.\. .*FAILED$$' "$$log" || true); \
+	[ "$$status" = 0 ] || failed=$$((failed > 0 ? failed : 1)); \
+	echo "make test: finished in $$(( $$(date +%s) - start )) s"; \
+	echo "summary: $$passed passed, $$failed failed"; rm -f "$$log"; exit $$status
+
+# Boots the demo appliance; INTERACTIVE=1 gives a root shell on the console.
+demo: images
+	IH_VM_DIR=$(VM_DIR) $(CARGO) run --locked -q -p vm-tests --bin demo
+
+bench: images
+	IH_VM_DIR=$(VM_DIR) $(CARGO) run --locked -q --release -p vm-tests --bin bench
+
+clean:
+	rm -rf target $(IH_CACHE)

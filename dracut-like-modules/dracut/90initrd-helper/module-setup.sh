@@ -1,0 +1,43 @@
+#!/bin/bash
+# dracut module for initrd-helper: installs the static binary, its initrd
+# unit, the config and the kernel modules its steps need.
+# Files come from INITRD_HELPER_DIR (default /usr/lib/initrd-helper):
+#   initrd-helper          the binary
+#   units/*.service        the initrd units
+# and the config from /etc/initrd-helper/config.toml when present.
+
+# Opt-in only: hostonly auto-detection cannot tell whether an image wants it.
+check() {
+    return 255
+}
+
+depends() {
+    # base: /etc/initrd-release (systemd's initrd targets assert it);
+    # systemd-initrd: the targets our unit is ordered against;
+    # dracut-systemd: an emergency shell that says what failed.
+    echo base systemd-initrd dracut-systemd
+    return 0
+}
+
+installkernel() {
+    # Disk and TPM drivers for VMs and common hardware; dm targets and file
+    # systems the helper mounts (request_module also loads them on demand).
+    # virtio_rng: getrandom() blocks until the CRNG is seeded, ~1 s in a VM without it.
+    hostonly='' instmods virtio_blk virtio_pci virtio_scsi virtio_rng nvme ahci sd_mod \
+        tpm_crb tpm_tis \
+        dm_mod dm_verity dm_crypt overlay ext4 erofs squashfs vfat
+}
+
+install() {
+    local dir="${INITRD_HELPER_DIR:-/usr/lib/initrd-helper}"
+    inst_simple "$dir/initrd-helper" /usr/bin/initrd-helper
+    inst_simple "$dir/units/initrd-helper.service" "$systemdsystemunitdir/initrd-helper.service"
+    if [[ -e /etc/initrd-helper/config.toml ]]; then
+        inst_simple /etc/initrd-helper/config.toml /etc/initrd-helper/config.toml
+    fi
+    # The root is ours: initrd-root-fs.target must wait for (and require) us.
+    mkdir -p "$initdir$systemdsystemunitdir/initrd-root-fs.target.requires"
+    ln_r "$systemdsystemunitdir/initrd-helper.service" \
+        "$systemdsystemunitdir/initrd-root-fs.target.requires/initrd-helper.service"
+    inst_multiple -o modprobe
+}

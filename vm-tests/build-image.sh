@@ -1,0 +1,135 @@
+#!/bin/bash
+# Builds (and caches, keyed by inputs) everything a VM boot needs:
+#   kernel   Debian bookworm's kernel, extracted (vmlinuz + modules)
+#   rootfs   a bookworm guest root from mmdebstrap, with the test probe unit
+#   disk     a GPT disk image in the design's layout (see README "Disk layout")
+#   initrd   a dracut initrd built inside the guest root with our module
+# Usage: build-image.sh HELPER_BINARY   -> prints the artifacts directory.
+set -euo pipefail
+# Only the final path goes to stdout; every tool's chatter goes to stderr.
+exec 3>&1 1>&2
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/.." && pwd)
+cache=${IH_CACHE:-$top/.cache}/vm
+helper=$(realpath "$1")
+mkdir -p "$cache"
+log() { echo "build-image: $*" >&2; }
+digest() { cat "$@" | sha256sum | cut -c1-16; }
+
+SUITE=bookworm
+# The guest root: systemd in both stages, dracut to build the initrd in place,
+# and the tools tests inspect the guest with.
+GUEST_PKGS=systemd,systemd-sysv,udev,kmod,dracut-core,e2fsprogs,util-linux,cryptsetup-bin,cryptsetup,procps,fdisk
+# Kernel modules the guest never needs; dropped to keep the root small.
+PRUNE_MODULES="drivers/gpu drivers/media drivers/net/wireless drivers/infiniband drivers/staging sound drivers/bluetooth net/wireless drivers/iio drivers/hid drivers/input/touchscreen drivers/scsi/qla2xxx drivers/scsi/lpfc"
+
+# ---- kernel ---------------------------------------------------------------
+kernel_pkg=$(apt-cache depends linux-image-amd64 | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -1)
+kver=${kernel_pkg#linux-image-}
+kdir="$cache/kernel-$kver"
+if [ ! -e "$kdir/done" ]; then
+  log "kernel $kernel_pkg"
+  rm -rf "$kdir"; mkdir -p "$kdir/deb"
+  (cd "$kdir/deb" && apt-get download -qq "$kernel_pkg")
+  dpkg-deb -x "$kdir"/deb/*.deb "$kdir/x"
+  for p in $PRUNE_MODULES; do rm -rf "$kdir/x/lib/modules/$kver/kernel/$p"; done
+  touch "$kdir/done"
+fi
+
+# ---- guest root -------------------------------------------------------------
+rootkey=$(echo "$SUITE $GUEST_PKGS $kver" | cat - "$0" "$here"/guest/* | sha256sum | cut -c1-16)
+rootfs="$cache/rootfs-$rootkey"
+if [ ! -e "$rootfs.done" ]; then
+  log "guest root ($SUITE, mmdebstrap)"
+  rm -rf "$rootfs"; mkdir -p "$rootfs"
+  mmdebstrap --quiet --variant=minbase --include="$GUEST_PKGS" \
+    --dpkgopt='path-exclude=/usr/share/{doc,man,locale,info}/*' \
+    "$SUITE" "$rootfs" >&2
+  cp -a "$kdir/x/lib/modules" "$rootfs/usr/lib/"
+  chroot "$rootfs" depmod "$kver"
+  install -m644 "$here/guest/fstab" "$rootfs/etc/fstab"
+  install -m755 "$here/guest/ih-report" "$rootfs/usr/local/sbin/ih-report"
+  install -m644 "$here/guest/ih-report.service" "$rootfs/etc/systemd/system/"
+  ln -sf /etc/systemd/system/ih-report.service "$rootfs/etc/systemd/system/multi-user.target.wants/"
+  # The helper writes /etc/machine-id on every boot; the image ships none.
+  rm -f "$rootfs/etc/machine-id" "$rootfs/var/lib/dbus/machine-id"
+  echo appliance > "$rootfs/etc/hostname"
+  chroot "$rootfs" passwd -qd root
+  # Demo: log in on the serial console without a password.
+  mkdir -p "$rootfs/etc/systemd/system/serial-getty@ttyS0.service.d"
+  printf '[Service]\nExecStart=\nExecStart=-/sbin/agetty --autologin root --keep-baud 115200 %%I $TERM\n' \
+    > "$rootfs/etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf"
+  # Timers that want a writable /var/lib and do nothing useful in a test guest.
+  for u in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service fstrim.timer; do
+    ln -sf /dev/null "$rootfs/etc/systemd/system/$u"
+  done
+  touch "$rootfs.done"
+fi
+
+# ---- disk image (depends on the root only, not on the helper) ---------------
+# Root slots carry the DPS read-only flag (GPT attribute bit 60): without it
+# stage-2 systemd-gpt-auto-generator remounts the root read-write.
+# Layout (MiB): ESP 32 | root-A | root-A-verity | root-B (_empty) | root-B-verity | data 64
+diskkey=$(echo "$rootkey v2" | sha256sum | cut -c1-16)
+disk="$cache/disk-$diskkey.img"
+if [ ! -e "$disk" ]; then
+  log "disk image"
+  used=$(du -sm --exclude=./proc "$rootfs" | cut -f1)
+  root_mib=$(( (used * 13 / 10 + 64 + 63) / 64 * 64 ))
+  verity_mib=32
+  tmp="$cache/build-$diskkey"; rm -rf "$tmp"; mkdir -p "$tmp"
+  # A read-only root needs no journal (and so never replays one).
+  mkfs.ext4 -q -O ^has_journal -L root -U random -d "$rootfs" "$tmp/root.img" "${root_mib}M"
+  total=$(( 1 + 32 + root_mib + verity_mib + root_mib + verity_mib + 64 + 1 ))
+  truncate -s "${total}M" "$tmp/disk.img"
+  sfdisk -q --no-reread --no-tell-kernel "$tmp/disk.img" <<SFDISK
+label: gpt
+unit: sectors
+first-lba: 2048
+size=32MiB, type=c12a7328-f81f-11d2-ba4b-00a0c93ec93b, name="esp"
+size=${root_mib}MiB, type=4f68bce3-e8cd-4db1-96e7-fbcaf984b709, name="appliance_1", attrs="GUID:60"
+size=${verity_mib}MiB, type=2c7357ed-ebd2-46d9-aec1-23d437ec2bf5, name="appliance_1"
+size=${root_mib}MiB, type=4f68bce3-e8cd-4db1-96e7-fbcaf984b709, name="_empty", attrs="GUID:60"
+size=${verity_mib}MiB, type=2c7357ed-ebd2-46d9-aec1-23d437ec2bf5, name="_empty"
+size=64MiB, type=4d21b016-b534-45c2-a9fb-5c16e091fd2d, name="data"
+SFDISK
+  start=$(sfdisk -J "$tmp/disk.img" | python3 -c 'import json,sys; print(json.load(sys.stdin)["partitiontable"]["partitions"][1]["start"])')
+  dd if="$tmp/root.img" of="$tmp/disk.img" bs=512 seek="$start" conv=notrunc,sparse status=none
+  mv "$tmp/disk.img" "$disk"; rm -rf "$tmp"
+fi
+
+# ---- initrd (depends on the root, the helper, the module, units, config) ----
+modsrc="$top/dracut-like-modules/dracut/90initrd-helper"
+config="$here/config/initrd-helper.toml"
+initkey=$(digest "$helper" "$modsrc"/* "$top"/units/* "$config" <(echo "$rootkey"))
+initrd="$cache/initrd-$initkey.img"
+if [ ! -e "$initrd" ]; then
+  log "initrd (dracut)"
+  stage="$rootfs/usr/lib/initrd-helper"
+  rm -rf "$stage" "$rootfs/usr/lib/dracut/modules.d/90initrd-helper"
+  install -D -m755 "$helper" "$stage/initrd-helper"
+  cp -a "$top/units" "$stage/units"
+  install -D -m644 "$config" "$rootfs/etc/initrd-helper/config.toml"
+  cp -a "$modsrc" "$rootfs/usr/lib/dracut/modules.d/"
+  mount -t proc proc "$rootfs/proc"; mount --bind /dev "$rootfs/dev"
+  trap 'umount "$rootfs/proc" "$rootfs/dev" 2>/dev/null || true' EXIT
+  chroot "$rootfs" dracut --quiet --force --no-hostonly --no-hostonly-cmdline \
+    --no-early-microcode --reproducible --compress=cat --kver "$kver" \
+    --modules "systemd-initrd initrd-helper" /tmp/initrd.img >&2
+  umount "$rootfs/proc" "$rootfs/dev"; trap - EXIT
+  mv "$rootfs/tmp/initrd.img" "$initrd"
+  # Leave the cached root as the disk image saw it.
+  rm -rf "$stage" "$rootfs/etc/initrd-helper" "$rootfs/usr/lib/dracut/modules.d/90initrd-helper"
+fi
+
+# Drop superseded builds (other keys) so the cache does not grow per change.
+for old in "$cache"/rootfs-* "$cache"/disk-*.img "$cache"/initrd-*.img; do
+  case "$old" in "$rootfs"|"$rootfs.done"|"$disk"|"$initrd") ;; *) rm -rf "$old" ;; esac
+done
+
+out="$cache/current"
+mkdir -p "$out"
+ln -sf "$kdir/x/boot/vmlinuz-$kver" "$out/vmlinuz"
+ln -sf "$initrd" "$out/initrd.img"
+ln -sf "$disk" "$out/disk.img"
+echo "$out" >&3

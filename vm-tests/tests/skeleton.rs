@@ -1,0 +1,128 @@
+//! VM boot scenarios of the walking skeleton: a real dracut initrd with our
+//! module, real systemd in both stages, a QEMU guest under TCG with swtpm.
+//! Ignored by plain `cargo test`; `make test` runs them with `--ignored`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use vm_tests::{boot, is_machine_id, sha256, Artifacts, BootOpts, Scratch, EMERGENCY};
+
+/// Boots the image twice with writes enabled: / is read-only, /etc is an
+/// overlay whose writes vanish at reboot, machine-id is valid, the helper's
+/// lines are in the journal, and the disk is byte-identical afterwards.
+#[test]
+#[ignore = "VM test: run through `make test`"]
+fn vm_boot_readonly_root() {
+    let a = Artifacts::from_env();
+    let s = Scratch::new("boot_readonly_root");
+    let disk = s.copy_disk(&a.disk);
+    let before = sha256(&disk);
+    let opts = |name| BootOpts {
+        snapshot: false,
+        ..BootOpts::new(name, &disk, &s.0)
+    };
+
+    let b1 = boot(&a, &opts("boot1"));
+    b1.check(b1.reached, "the guest report never appeared");
+    let r = b1.report();
+    b1.check(
+        r["root_options"].split(',').next() == Some("ro"),
+        "/ is not mounted read-only",
+    );
+    b1.check(r["root_write"] == "refused", "writing to / succeeded");
+    b1.check(r["etc_fstype"] == "overlay", "/etc is not an overlay");
+    b1.check(
+        r["etc_upper_fstype"] == "tmpfs",
+        "the /etc upper layer is not on tmpfs",
+    );
+    b1.check(
+        r["etc_probe_existed"] == "no",
+        "a fresh image already had /etc/ih-probe",
+    );
+    b1.check(r["etc_write"] == "ok", "writing to /etc failed");
+    b1.check(
+        is_machine_id(&r["machine_id"]),
+        "/etc/machine-id is not 32 hex digits",
+    );
+    b1.check(
+        r["pid1_machine_id_msgs"] == "0",
+        "systemd (stage 2) logged about the machine-id",
+    );
+    b1.check(
+        r["helper_unit_finished"] == "1",
+        "initrd-helper.service did not finish",
+    );
+    b1.check(
+        r["helper_unit_failed"] == "0",
+        "initrd-helper.service logged a failure",
+    );
+    b1.check(
+        r["failed_units"].is_empty(),
+        "failed units in the booted system",
+    );
+    let journal_lines: usize = r["helper_journal_lines"].parse().unwrap_or(0);
+    b1.check(
+        journal_lines >= 5,
+        "the helper's lines are missing from journalctl -b",
+    );
+    for step in ["mount-root", "etc-overlay", "machine-id"] {
+        let line = format!("step {step}: done in");
+        b1.check(
+            !b1.lines_with(&line).is_empty(),
+            &format!("no console line {line:?}"),
+        );
+    }
+    eprintln!("boot1: report at {} s guest uptime", r["uptime"]);
+
+    let b2 = boot(&a, &opts("boot2"));
+    b2.check(
+        b2.reached,
+        "the guest report never appeared on the second boot",
+    );
+    b2.check(
+        b2.value("etc_probe_existed") == "no",
+        "a write to /etc survived the reboot",
+    );
+    b2.check(
+        is_machine_id(&b2.value("machine_id")),
+        "second boot: invalid machine-id",
+    );
+    b2.check(
+        sha256(&disk) == before,
+        "the disk image changed although the root is read-only",
+    );
+}
+
+/// A malformed security-relevant option of ours: one clear error line naming
+/// it, the emergency target, and not a byte written to the disk.
+#[test]
+#[ignore = "VM test: run through `make test`"]
+fn vm_bad_cmdline() {
+    let a = Artifacts::from_env();
+    let s = Scratch::new("bad_cmdline");
+    let disk = s.copy_disk(&a.disk);
+    let before = sha256(&disk);
+    let b = boot(
+        &a,
+        &BootOpts {
+            append: "initrd_helper.disk=not-a-guid",
+            snapshot: false,
+            marker: EMERGENCY,
+            ..BootOpts::new("bad_cmdline", &disk, &s.0)
+        },
+    );
+    b.check(b.reached, "the emergency target was not reached");
+    let errors = b.lines_with("initrd-helper[");
+    let errors: Vec<_> = errors.iter().filter(|l| l.contains("error:")).collect();
+    b.check(
+        errors.len() == 1,
+        "expected exactly one error line from the helper",
+    );
+    b.check(
+        errors[0].contains("initrd_helper.disk=\"not-a-guid\""),
+        "the error does not name the option",
+    );
+    b.check(
+        b.lines_with("IH-REPORT-BEGIN").is_empty(),
+        "the system booted past the initrd",
+    );
+    b.check(sha256(&disk) == before, "the disk image changed");
+}
