@@ -19,7 +19,7 @@ digest() { cat "$@" | sha256sum | cut -c1-16; }
 SUITE=bookworm
 # The guest root: systemd in both stages, dracut to build the initrd in place,
 # and the tools tests inspect the guest with.
-GUEST_PKGS=systemd,systemd-sysv,udev,kmod,dracut-core,e2fsprogs,util-linux,cryptsetup-bin,cryptsetup,procps,fdisk
+GUEST_PKGS=systemd,systemd-sysv,udev,kmod,dracut-core,e2fsprogs,util-linux,cryptsetup-bin,cryptsetup,procps,fdisk,dmsetup
 # Kernel modules the guest never needs; dropped to keep the root small.
 PRUNE_MODULES="drivers/gpu drivers/media drivers/net/wireless drivers/infiniband drivers/staging sound drivers/bluetooth net/wireless drivers/iio drivers/hid drivers/input/touchscreen drivers/scsi/qla2xxx drivers/scsi/lpfc"
 
@@ -67,34 +67,62 @@ if [ ! -e "$rootfs.done" ]; then
 fi
 
 # ---- disk image (depends on the root only, not on the helper) ---------------
+# Two image versions, the way an A/B updater (systemd-sysupdate) leaves them:
+#   root-A + root-A-verity: version 1, labels appliance_1
+#   root-B + root-B-verity: version 2, labels appliance_2 (IMAGE_VERSION=2 in os-release)
+# Each slot's partition UUIDs derive from its dm-verity root hash (DPS): the
+# first 128 bits name the data partition, the last 128 bits the hash partition.
 # Root slots carry the DPS read-only flag (GPT attribute bit 60): without it
 # stage-2 systemd-gpt-auto-generator remounts the root read-write.
-# Layout (MiB): ESP 32 | root-A | root-A-verity | root-B (_empty) | root-B-verity | data 64
-diskkey=$(echo "$rootkey v2" | sha256sum | cut -c1-16)
+# Layout (MiB): ESP 32 | root-A | root-A-verity 32 | root-B | root-B-verity 32 | data 64
+diskkey=$(echo "$rootkey v3" | sha256sum | cut -c1-16)
 disk="$cache/disk-$diskkey.img"
+
+as_uuid() { echo "${1:0:8}-${1:8:4}-${1:12:4}-${1:16:4}-${1:20:12}"; }
+
+# build_slot VERSION DIR: ext4 + verity images; prints the root hash.
+build_slot() {
+  local v=$1 dir=$2 osr="$rootfs/usr/lib/os-release"
+  sed -i '/^IMAGE_ID=/d; /^IMAGE_VERSION=/d' "$osr"
+  printf 'IMAGE_ID=appliance\nIMAGE_VERSION=%s\n' "$v" >> "$osr"
+  # A read-only root needs no journal (and so never replays one).
+  mkfs.ext4 -q -O ^has_journal -L "root-$v" -U random -d "$rootfs" "$dir/root-$v.img" "${root_mib}M" >&2
+  veritysetup format "$dir/root-$v.img" "$dir/verity-$v.img" | sed -n 's/^Root hash:[[:space:]]*//p'
+}
+
 if [ ! -e "$disk" ]; then
   log "disk image"
   used=$(du -sm --exclude=./proc "$rootfs" | cut -f1)
   root_mib=$(( (used * 13 / 10 + 64 + 63) / 64 * 64 ))
   verity_mib=32
   tmp="$cache/build-$diskkey"; rm -rf "$tmp"; mkdir -p "$tmp"
-  # A read-only root needs no journal (and so never replays one).
-  mkfs.ext4 -q -O ^has_journal -L root -U random -d "$rootfs" "$tmp/root.img" "${root_mib}M"
-  total=$(( 1 + 32 + root_mib + verity_mib + root_mib + verity_mib + 64 + 1 ))
+  hash_a=$(build_slot 1 "$tmp"); hash_b=$(build_slot 2 "$tmp")
+  sed -i '/^IMAGE_ID=/d; /^IMAGE_VERSION=/d' "$rootfs/usr/lib/os-release"
+  [ ${#hash_a} = 64 ] && [ ${#hash_b} = 64 ] || { log "veritysetup gave no root hash"; exit 1; }
+  total=$(( 1 + 32 + 2 * (root_mib + verity_mib) + 64 + 1 ))
   truncate -s "${total}M" "$tmp/disk.img"
+  root_t=4f68bce3-e8cd-4db1-96e7-fbcaf984b709 verity_t=2c7357ed-ebd2-46d9-aec1-23d437ec2bf5
   sfdisk -q --no-reread --no-tell-kernel "$tmp/disk.img" <<SFDISK
 label: gpt
 unit: sectors
 first-lba: 2048
 size=32MiB, type=c12a7328-f81f-11d2-ba4b-00a0c93ec93b, name="esp"
-size=${root_mib}MiB, type=4f68bce3-e8cd-4db1-96e7-fbcaf984b709, name="appliance_1", attrs="GUID:60"
-size=${verity_mib}MiB, type=2c7357ed-ebd2-46d9-aec1-23d437ec2bf5, name="appliance_1"
-size=${root_mib}MiB, type=4f68bce3-e8cd-4db1-96e7-fbcaf984b709, name="_empty", attrs="GUID:60"
-size=${verity_mib}MiB, type=2c7357ed-ebd2-46d9-aec1-23d437ec2bf5, name="_empty"
+size=${root_mib}MiB, type=$root_t, name="appliance_1", attrs="GUID:60", uuid=$(as_uuid "${hash_a:0:32}")
+size=${verity_mib}MiB, type=$verity_t, name="appliance_1", uuid=$(as_uuid "${hash_a:32:32}")
+size=${root_mib}MiB, type=$root_t, name="appliance_2", attrs="GUID:60", uuid=$(as_uuid "${hash_b:0:32}")
+size=${verity_mib}MiB, type=$verity_t, name="appliance_2", uuid=$(as_uuid "${hash_b:32:32}")
 size=64MiB, type=4d21b016-b534-45c2-a9fb-5c16e091fd2d, name="data"
 SFDISK
-  start=$(sfdisk -J "$tmp/disk.img" | python3 -c 'import json,sys; print(json.load(sys.stdin)["partitiontable"]["partitions"][1]["start"])')
-  dd if="$tmp/root.img" of="$tmp/disk.img" bs=512 seek="$start" conv=notrunc,sparse status=none
+  sfdisk -J "$tmp/disk.img" > "$tmp/layout.json"
+  place() { # IMAGE PARTITION-INDEX (0-based)
+    local start
+    start=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["partitiontable"]["partitions"][int(sys.argv[2])]["start"])' "$tmp/layout.json" "$2")
+    dd if="$1" of="$tmp/disk.img" bs=512 seek="$start" conv=notrunc,sparse status=none
+  }
+  place "$tmp/root-1.img" 1; place "$tmp/verity-1.img" 2
+  place "$tmp/root-2.img" 3; place "$tmp/verity-2.img" 4
+  echo "$hash_a" > "$disk.roothash-a"; echo "$hash_b" > "$disk.roothash-b"
+  mv "$tmp/layout.json" "$disk.layout.json"
   mv "$tmp/disk.img" "$disk"; rm -rf "$tmp"
 fi
 
@@ -123,8 +151,8 @@ if [ ! -e "$initrd" ]; then
 fi
 
 # Drop superseded builds (other keys) so the cache does not grow per change.
-for old in "$cache"/rootfs-* "$cache"/disk-*.img "$cache"/initrd-*.img; do
-  case "$old" in "$rootfs"|"$rootfs.done"|"$disk"|"$initrd") ;; *) rm -rf "$old" ;; esac
+for old in "$cache"/rootfs-* "$cache"/disk-*.img* "$cache"/initrd-*.img; do
+  case "$old" in "$rootfs"|"$rootfs.done"|"$disk"*|"$initrd") ;; *) rm -rf "$old" ;; esac
 done
 
 out="$cache/current"
@@ -132,4 +160,5 @@ mkdir -p "$out"
 ln -sf "$kdir/x/boot/vmlinuz-$kver" "$out/vmlinuz"
 ln -sf "$initrd" "$out/initrd.img"
 ln -sf "$disk" "$out/disk.img"
+for f in roothash-a roothash-b layout.json; do ln -sf "$disk.$f" "$out/$f"; done
 echo "$out" >&3

@@ -6,6 +6,7 @@ use crate::machine_id;
 use crate::mountinfo;
 use crate::plan::{MachineIdSource, Plan, Step};
 use crate::sys;
+use crate::verity::{Signature, VerityOptions};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::time::Instant;
@@ -18,6 +19,51 @@ const MACHINE_ID_RECORD: &str = "/run/initrd-helper/machine-id";
 enum Outcome {
     Done,
     Skipped(String),
+}
+
+fn read_signature(sig: &Signature) -> Result<Vec<u8>> {
+    match sig {
+        Signature::Inline(b) => Ok(b.clone()),
+        Signature::Path(p) => {
+            std::fs::read(p).with_context(|| format!("reading the root hash signature {p}"))
+        }
+    }
+}
+
+fn activate_verity(
+    name: &str,
+    data: &Path,
+    hash: &Path,
+    roothash: &str,
+    options: &VerityOptions,
+) -> Result<Outcome> {
+    // Only our own earlier run (a restarted unit) can have made it this boot.
+    if sys::verity::is_active(name) {
+        return Ok(Outcome::Skipped(format!(
+            "/dev/mapper/{name} already active"
+        )));
+    }
+    let key = crate::hex::decode(roothash).context("decoding roothash=")?;
+    let sig = options.signature.as_ref().map(read_signature).transpose()?;
+    sys::verity::activate(name, data, hash, &key, options, sig.as_deref()).with_context(|| {
+        format!(
+            "activating dm-verity {name} over {} and {}",
+            data.display(),
+            hash.display()
+        )
+    })?;
+    Ok(Outcome::Done)
+}
+
+/// EIO from a verity device means a block did not match the hash tree.
+fn mount_hint(source: &Path, e: std::io::Error) -> anyhow::Error {
+    let verity = source.starts_with("/dev/mapper");
+    if verity && e.raw_os_error() == Some(5) {
+        return anyhow::Error::new(e).context(
+            "dm-verity rejected a block: the root partition is corrupted or does not match roothash=",
+        );
+    }
+    e.into()
 }
 
 fn mount_root(source: &Path, fstype: &str, target: &str) -> Result<Outcome> {
@@ -33,6 +79,7 @@ fn mount_root(source: &Path, fstype: &str, target: &str) -> Result<Outcome> {
         return Ok(Outcome::Skipped(format!("{target} already mounted")));
     }
     sys::mount::mount_ro(source, Path::new(target), fstype)
+        .map_err(|e| mount_hint(source, e))
         .with_context(|| format!("mounting {} ({fstype}) at {target}", source.display()))?;
     Ok(Outcome::Done)
 }
@@ -80,6 +127,14 @@ fn write_machine_id(path: &str, source: &MachineIdSource) -> Result<Outcome> {
 
 fn apply_step(step: &Step) -> Result<Outcome> {
     match step {
+        Step::ActivateVerity {
+            name,
+            data,
+            hash,
+            roothash,
+            options,
+            ..
+        } => activate_verity(name, data, hash, roothash, options),
         Step::MountRoot {
             source,
             fstype,

@@ -8,7 +8,9 @@
 //! and ignored.
 
 use crate::guid::Guid;
+use crate::verity::{self, VerityOptions};
 use serde::Serialize;
+use std::path::PathBuf;
 
 /// The documented prefix of our own options.
 pub const PREFIX: &str = "initrd_helper.";
@@ -21,10 +23,38 @@ pub struct CmdlineError {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+/// A partition named on the command line: a device node or `PARTUUID=`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceSpec {
+    Path(PathBuf),
+    PartUuid(Guid),
+}
+
+fn parse_device(key: &str, v: Option<&str>) -> Result<DeviceSpec, CmdlineError> {
+    let bad = || refuse(key, v, "expected /dev/NODE or PARTUUID=GUID");
+    let v = v.ok_or_else(bad)?;
+    if let Some(u) = v.strip_prefix("PARTUUID=") {
+        return u.parse().map(DeviceSpec::PartUuid).map_err(|_| bad());
+    }
+    if v.starts_with("/dev/") && !v.contains("/../") {
+        return Ok(DeviceSpec::Path(PathBuf::from(v)));
+    }
+    Err(bad())
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Cmdline {
     /// `roothash=`: dm-verity root hash (hex) of the root to boot.
     pub roothash: Option<String>,
+    /// `systemd.verity=` / `rd.systemd.verity=`: false ignores `roothash=`.
+    pub verity: bool,
+    /// `systemd.verity_root_data=`: the data device instead of the derived PARTUUID.
+    pub verity_data: Option<DeviceSpec>,
+    /// `systemd.verity_root_hash=`: the hash device instead of the derived PARTUUID.
+    pub verity_hash: Option<DeviceSpec>,
+    /// `systemd.verity_root_options=`.
+    pub verity_options: VerityOptions,
     /// `systemd.machine_id=`: a fixed machine ID (32 hex) for this boot.
     pub machine_id: Option<String>,
     /// `systemd.factory_reset=`: explicit request to wipe the data partition.
@@ -116,6 +146,23 @@ fn is_machine_id(v: &str) -> bool {
     v.len() == 32 && v.chars().all(|c| c.is_ascii_hexdigit()) && v.chars().any(|c| c != '0')
 }
 
+impl Default for Cmdline {
+    fn default() -> Self {
+        Cmdline {
+            roothash: None,
+            verity: true,
+            verity_data: None,
+            verity_hash: None,
+            verity_options: VerityOptions::default(),
+            machine_id: None,
+            factory_reset: false,
+            disk: None,
+            debug: false,
+            warnings: Vec::new(),
+        }
+    }
+}
+
 impl Cmdline {
     fn warn(&mut self, key: &str, v: Option<&str>, why: &str) {
         let v = v.unwrap_or("");
@@ -133,6 +180,15 @@ impl Cmdline {
     fn take(&mut self, key: &str, v: Option<&str>) -> Result<(), CmdlineError> {
         match key {
             "roothash" => self.roothash = Some(parse_roothash(key, v)?),
+            "systemd.verity" | "rd.systemd.verity" => {
+                self.verity = parse_bool(v).ok_or_else(|| refuse(key, v, "expected a boolean"))?;
+            }
+            "systemd.verity_root_data" => self.verity_data = Some(parse_device(key, v)?),
+            "systemd.verity_root_hash" => self.verity_hash = Some(parse_device(key, v)?),
+            "systemd.verity_root_options" => {
+                self.verity_options =
+                    verity::parse_options(v.unwrap_or("")).map_err(|why| refuse(key, v, &why))?;
+            }
             "systemd.machine_id" => match v {
                 Some(id) if is_machine_id(id) => self.machine_id = Some(id.to_ascii_lowercase()),
                 // systemd itself ignores an invalid ID; so do we, loudly.
@@ -252,6 +308,32 @@ mod tests {
         assert!(!c.debug);
         assert_eq!(c.machine_id, None);
         assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn verity_options_and_devices() {
+        let c = parse(
+            "systemd.verity_root_data=/dev/vda2 systemd.verity_root_hash=PARTUUID=2c7357ed-ebd2-46d9-aec1-23d437ec2bf5 \
+             systemd.verity_root_options=restart-on-corruption rd.systemd.verity=0",
+        )
+        .unwrap();
+        assert_eq!(c.verity_data, Some(DeviceSpec::Path("/dev/vda2".into())));
+        assert!(matches!(c.verity_hash, Some(DeviceSpec::PartUuid(_))));
+        assert_eq!(
+            c.verity_options.on_corruption,
+            crate::verity::OnCorruption::Restart
+        );
+        assert!(!c.verity);
+        for bad in [
+            "systemd.verity_root_data=vda2",
+            "systemd.verity_root_data=/dev/../etc/passwd",
+            "systemd.verity_root_hash=PARTUUID=nope",
+            "systemd.verity_root_options=hash-offset=1",
+            "systemd.verity=perhaps",
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(bad.starts_with(&e.key), "{bad}: {e}");
+        }
     }
 
     #[test]

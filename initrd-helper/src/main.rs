@@ -4,6 +4,7 @@
 //! `plan` prints what `run` would do, touching nothing.
 
 mod apply;
+mod b64;
 mod cmdline;
 mod config;
 mod dps;
@@ -16,6 +17,7 @@ mod machine_id;
 mod mountinfo;
 mod plan;
 mod sys;
+mod verity;
 
 use anyhow::{Context, Result};
 use std::path::PathBuf;

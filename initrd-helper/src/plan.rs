@@ -3,19 +3,20 @@
 //! Nothing here touches the machine, so every safety rule (which disk,
 //! which slot, what to refuse) is unit-tested with plain values.
 
-use crate::cmdline::Cmdline;
+use crate::cmdline::{Cmdline, DeviceSpec};
 use crate::config::{Config, Unverified};
 use crate::dps;
 use crate::facts::{DiskFacts, Facts, PartitionFacts};
 use crate::guid::Guid;
+use crate::verity::VerityOptions;
 use serde::Serialize;
 use std::cmp::Ordering;
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
-    #[error("no disk with a GPT root partition ({}) was found; searched: {}", dps::type_name(&dps::ROOT_X86_64), .searched.join(", "))]
-    NoDisk { searched: Vec<String> },
+    #[error("no disk has {what}; searched: {}", .searched.join(", "))]
+    NoDisk { what: String, searched: Vec<String> },
     #[error("the boot disk with GPT disk GUID {0} was not found")]
     DiskNotFound(Guid),
     #[error("several disks carry root partitions ({}); refusing to guess which one to use: set initrd_helper.disk=<disk GUID>", .0.join(", "))]
@@ -28,8 +29,15 @@ pub enum PlanError {
     NoBootableRoot(String),
     #[error("no roothash= on the kernel command line and root.unverified = \"refuse\": refusing to mount an unverified root (set root.unverified = \"mount-read-only\" for development images)")]
     UnverifiedRefused,
-    #[error("roothash= was given but this build cannot activate dm-verity yet")]
-    VerityUnsupported,
+    #[error("the boot disk {disk} has no {what}")]
+    MissingPartition { disk: String, what: String },
+    #[error("{dev} ({what}) has partition type {found}, expected {expected}")]
+    WrongType {
+        dev: String,
+        what: String,
+        found: Guid,
+        expected: &'static str,
+    },
     #[error(
         "root partition {dev} ({label:?}) holds no supported file system (ext4, erofs, squashfs)"
     )]
@@ -56,6 +64,15 @@ pub enum MachineIdSource {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "step", rename_all = "kebab-case")]
 pub enum Step {
+    /// Open the root slot through dm-verity as /dev/mapper/NAME.
+    ActivateVerity {
+        name: String,
+        data: PathBuf,
+        hash: PathBuf,
+        roothash: String,
+        label: String,
+        options: VerityOptions,
+    },
     /// Mount the selected root slot read-only.
     MountRoot {
         source: PathBuf,
@@ -83,6 +100,7 @@ impl Step {
     /// Short name for the per-step log line.
     pub fn name(&self) -> &'static str {
         match self {
+            Step::ActivateVerity { .. } => "verity",
             Step::MountRoot { .. } => "mount-root",
             Step::EtcOverlay { .. } => "etc-overlay",
             Step::MachineId { .. } => "machine-id",
@@ -92,6 +110,26 @@ impl Step {
     /// One line saying what the step will do.
     pub fn describe(&self) -> String {
         match self {
+            Step::ActivateVerity {
+                name,
+                data,
+                hash,
+                roothash,
+                label,
+                options,
+            } => format!(
+                "open dm-verity /dev/mapper/{name} over {} (data, slot {label:?}) and {} (hash), \
+                 root hash {}…, on corruption: {}{}",
+                data.display(),
+                hash.display(),
+                roothash.get(..12).unwrap_or(roothash),
+                options.on_corruption.name(),
+                if options.signature.is_some() {
+                    ", root hash signature checked by the kernel"
+                } else {
+                    ""
+                },
+            ),
             Step::MountRoot {
                 source,
                 fstype,
@@ -134,7 +172,13 @@ fn has_root(d: &DiskFacts) -> bool {
 /// The disk we may read and (later) write. Only one disk is ever chosen:
 /// look-alike partitions on other disks are ignored, and two candidate
 /// disks without an explicit choice are an error (systemd#38907).
-pub fn select_disk(facts: &Facts, wanted: Option<Guid>) -> Result<&DiskFacts, PlanError> {
+/// `what` names what makes a disk a candidate, for the error message.
+pub fn select_disk<'f>(
+    facts: &'f Facts,
+    wanted: Option<Guid>,
+    what: &str,
+    is_candidate: impl Fn(&DiskFacts) -> bool,
+) -> Result<&'f DiskFacts, PlanError> {
     if let Some(g) = wanted {
         return facts
             .disks
@@ -142,7 +186,7 @@ pub fn select_disk(facts: &Facts, wanted: Option<Guid>) -> Result<&DiskFacts, Pl
             .find(|d| d.disk_guid() == Some(g))
             .ok_or(PlanError::DiskNotFound(g));
     }
-    let candidates: Vec<&DiskFacts> = facts.disks.iter().filter(|d| has_root(d)).collect();
+    let candidates: Vec<&DiskFacts> = facts.disks.iter().filter(|d| is_candidate(d)).collect();
     match candidates.as_slice() {
         [one] => Ok(one),
         [] => match facts.disks.iter().find(|d| d.table.is_err()) {
@@ -152,6 +196,7 @@ pub fn select_disk(facts: &Facts, wanted: Option<Guid>) -> Result<&DiskFacts, Pl
                 error: d.table.clone().err().unwrap_or_default(),
             }),
             _ => Err(PlanError::NoDisk {
+                what: what.to_string(),
                 searched: facts.disks.iter().map(|d| d.name.clone()).collect(),
             }),
         },
@@ -222,29 +267,140 @@ fn etc_steps(cmd: &Cmdline, cfg: &Config) -> Vec<Step> {
     steps
 }
 
+/// Partition UUIDs the DPS derives from a root hash: the first 128 bits
+/// name the data partition, the last 128 bits the hash partition.
+pub fn derived_uuids(roothash: &str) -> Option<(Guid, Guid)> {
+    let h = crate::hex::decode(roothash).ok()?;
+    let first: [u8; 16] = h.get(..16)?.try_into().ok()?;
+    let last: [u8; 16] = h.get(h.len().checked_sub(16)?..)?.try_into().ok()?;
+    Some((Guid::from_bytes(first), Guid::from_bytes(last)))
+}
+
+fn find_part<'d>(disk: &'d DiskFacts, spec: &DeviceSpec) -> Option<&'d PartitionFacts> {
+    disk.partitions.iter().find(|p| match spec {
+        DeviceSpec::PartUuid(u) => p.gpt.uuid == *u,
+        DeviceSpec::Path(path) => p.dev == *path,
+    })
+}
+
+fn spec_text(spec: &DeviceSpec, derived_from: &str) -> String {
+    match spec {
+        DeviceSpec::PartUuid(u) => format!("partition with UUID {u} ({derived_from})"),
+        DeviceSpec::Path(p) => format!("partition {}", p.display()),
+    }
+}
+
+fn check_type(p: &PartitionFacts, what: &str, expected: Guid) -> Result<(), PlanError> {
+    if p.gpt.type_guid == expected {
+        return Ok(());
+    }
+    Err(PlanError::WrongType {
+        dev: p.dev.display().to_string(),
+        what: what.into(),
+        found: p.gpt.type_guid,
+        expected: dps::type_name(&expected),
+    })
+}
+
+type DiskSteps<'f> = (&'f DiskFacts, Vec<Step>);
+
+/// With `roothash=`: the data and hash partitions it names, on one disk.
+fn plan_verity<'f>(
+    facts: &'f Facts,
+    cmd: &Cmdline,
+    wanted: Option<Guid>,
+    roothash: &str,
+) -> Result<DiskSteps<'f>, PlanError> {
+    let (du, hu) = derived_uuids(roothash).ok_or(PlanError::UnverifiedRefused)?;
+    let data_spec = cmd.verity_data.clone().unwrap_or(DeviceSpec::PartUuid(du));
+    let hash_spec = cmd.verity_hash.clone().unwrap_or(DeviceSpec::PartUuid(hu));
+    let data_what = spec_text(&data_spec, "the first 128 bits of roothash=");
+    let hash_what = spec_text(&hash_spec, "the last 128 bits of roothash=");
+    let disk = select_disk(facts, wanted, &format!("a {data_what}"), |d| {
+        find_part(d, &data_spec).is_some()
+    })?;
+    let missing = |what: &str| PlanError::MissingPartition {
+        disk: disk.name.clone(),
+        what: what.into(),
+    };
+    let data = find_part(disk, &data_spec).ok_or_else(|| missing(&data_what))?;
+    let hash = find_part(disk, &hash_spec).ok_or_else(|| missing(&hash_what))?;
+    // Derived UUIDs must also carry the right DPS types; explicit devices are
+    // the admin's choice (as in systemd).
+    if cmd.verity_data.is_none() {
+        check_type(data, "verity data", dps::ROOT_X86_64)?;
+    }
+    if cmd.verity_hash.is_none() {
+        check_type(hash, "verity hash", dps::ROOT_VERITY_X86_64)?;
+    }
+    let name = "root".to_string();
+    let mut mount = mount_root_step(data, "")?;
+    if let Step::MountRoot { source, .. } = &mut mount {
+        *source = PathBuf::from(format!("/dev/mapper/{name}"));
+    }
+    let verity = Step::ActivateVerity {
+        name,
+        data: data.dev.clone(),
+        hash: hash.dev.clone(),
+        roothash: roothash.to_string(),
+        label: data.gpt.label.clone(),
+        options: cmd.verity_options.clone(),
+    };
+    Ok((disk, vec![verity, mount]))
+}
+
+fn plan_unverified<'f>(
+    facts: &'f Facts,
+    cfg: &Config,
+    wanted: Option<Guid>,
+) -> Result<DiskSteps<'f>, PlanError> {
+    if cfg.root.unverified == Unverified::Refuse {
+        return Err(PlanError::UnverifiedRefused);
+    }
+    let what = format!(
+        "a GPT root partition ({})",
+        dps::type_name(&dps::ROOT_X86_64)
+    );
+    let disk = select_disk(facts, wanted, &what, has_root)?;
+    if let Err(e) = &disk.table {
+        return Err(PlanError::BadTable {
+            disk: disk.name.clone(),
+            error: e.clone(),
+        });
+    }
+    let slot = select_unverified_slot(disk)?;
+    Ok((disk, vec![mount_root_step(slot, "")?]))
+}
+
 /// Turns facts, command line and config into the boot plan.
 pub fn plan(facts: &Facts, cmd: &Cmdline, cfg: &Config) -> Result<Plan, PlanError> {
     let wanted = cmd
         .disk
         .or_else(|| cfg.devices.disk.as_deref().and_then(|d| d.parse().ok()));
-    let disk = select_disk(facts, wanted)?;
+    let mut warnings = cmd.warnings.clone();
+    let roothash = cmd.roothash.as_deref().filter(|_| cmd.verity);
+    if cmd.roothash.is_some() && roothash.is_none() {
+        warnings.push("systemd.verity=0: ignoring roothash=".into());
+    }
+    let (disk, mut steps) = match roothash {
+        Some(h) => plan_verity(facts, cmd, wanted, h)?,
+        None => plan_unverified(facts, cfg, wanted)?,
+    };
     let table = disk.table.as_ref().map_err(|e| PlanError::BadTable {
         disk: disk.name.clone(),
         error: e.clone(),
     })?;
-    let mut warnings = cmd.warnings.clone();
     if table.used_backup {
         warnings.push(format!(
             "{}: primary GPT header is damaged; using the backup",
             disk.name
         ));
     }
-    let slot = match (&cmd.roothash, cfg.root.unverified) {
-        (Some(_), _) => return Err(PlanError::VerityUnsupported),
-        (None, Unverified::Refuse) => return Err(PlanError::UnverifiedRefused),
-        (None, Unverified::MountReadOnly) => select_unverified_slot(disk)?,
-    };
-    let mut steps = vec![mount_root_step(slot, &cfg.root.mount_point)?];
+    for s in &mut steps {
+        if let Step::MountRoot { target, .. } = s {
+            target.clone_from(&cfg.root.mount_point);
+        }
+    }
     steps.extend(etc_steps(cmd, cfg));
     Ok(Plan {
         boot_disk: disk.name.clone(),
@@ -497,6 +653,144 @@ pub(crate) mod tests {
                 source: MachineIdSource::KernelCommandLine("ab".repeat(16)),
             }
         );
+    }
+
+    const HASH_A: &str = "11111111111111111111111111111111aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    /// A disk whose slot A partitions carry UUIDs derived from `HASH_A`.
+    fn verity_disk(name: &str, guid: u8) -> DiskFacts {
+        let (du, hu) = derived_uuids(HASH_A).unwrap();
+        let mut d = standard_disk(name, guid);
+        d.partitions[1].gpt.uuid = du;
+        d.partitions[2].gpt.uuid = hu;
+        d
+    }
+
+    fn with_hash(h: &str) -> Cmdline {
+        Cmdline {
+            roothash: Some(h.into()),
+            ..Cmdline::default()
+        }
+    }
+
+    #[test]
+    fn derives_uuids_from_the_root_hash() {
+        let (d, h) = derived_uuids(HASH_A).unwrap();
+        assert_eq!(d.to_string(), "11111111-1111-1111-1111-111111111111");
+        assert_eq!(h.to_string(), "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa");
+        assert!(derived_uuids("abcd").is_none());
+    }
+
+    #[test]
+    fn roothash_selects_the_matching_slot_even_when_unverified_is_refused() {
+        let p = plan(
+            &facts(vec![verity_disk("vda", 1)]),
+            &with_hash(HASH_A),
+            &Config::default(),
+        )
+        .unwrap();
+        let names: Vec<_> = p.steps.iter().map(Step::name).collect();
+        assert_eq!(names, ["verity", "mount-root", "etc-overlay", "machine-id"]);
+        match (&p.steps[0], &p.steps[1]) {
+            (Step::ActivateVerity { data, hash, .. }, Step::MountRoot { source, fstype, .. }) => {
+                assert_eq!(
+                    (data.to_str(), hash.to_str()),
+                    (Some("/dev/vda2"), Some("/dev/vda3"))
+                );
+                assert_eq!(
+                    (source.to_str(), fstype.as_str()),
+                    (Some("/dev/mapper/root"), "ext4")
+                );
+            }
+            s => panic!("unexpected {s:?}"),
+        }
+    }
+
+    #[test]
+    fn wrong_roothash_matches_no_disk_and_may_wait() {
+        let e = plan(
+            &facts(vec![verity_disk("vda", 1)]),
+            &with_hash(&"ab".repeat(32)),
+            &Config::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, PlanError::NoDisk { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("abababab-abab-abab-abab-abababababab"),
+            "{e}"
+        );
+        assert!(e.may_resolve_by_waiting());
+    }
+
+    #[test]
+    fn verity_look_alike_on_another_disk_is_ambiguous() {
+        let f = facts(vec![verity_disk("vda", 1), verity_disk("vdb", 2)]);
+        let e = plan(&f, &with_hash(HASH_A), &Config::default()).unwrap_err();
+        assert!(matches!(e, PlanError::AmbiguousDisks(_)));
+        let cmd = Cmdline {
+            disk: Some(Guid::from_bytes([2; 16])),
+            ..with_hash(HASH_A)
+        };
+        assert_eq!(plan(&f, &cmd, &Config::default()).unwrap().boot_disk, "vdb");
+    }
+
+    #[test]
+    fn hash_partition_on_another_disk_is_refused() {
+        let mut a = verity_disk("vda", 1);
+        a.partitions.remove(2);
+        let e = plan(
+            &facts(vec![a, verity_disk("vdb", 2)]),
+            &with_hash(HASH_A),
+            &Config::default(),
+        );
+        // vdb also has the data partition: two candidates, no guessing.
+        assert!(matches!(e.unwrap_err(), PlanError::AmbiguousDisks(_)));
+        let mut a = verity_disk("vda", 1);
+        a.partitions.remove(2);
+        let e = plan(&facts(vec![a]), &with_hash(HASH_A), &Config::default()).unwrap_err();
+        assert!(matches!(e, PlanError::MissingPartition { .. }), "{e}");
+    }
+
+    #[test]
+    fn derived_partitions_must_have_dps_types() {
+        let mut d = verity_disk("vda", 1);
+        d.partitions[2].gpt.type_guid = dps::VAR;
+        let e = plan(&facts(vec![d]), &with_hash(HASH_A), &Config::default()).unwrap_err();
+        assert!(matches!(e, PlanError::WrongType { .. }), "{e}");
+    }
+
+    #[test]
+    fn explicit_verity_devices_override_derivation() {
+        let d = standard_disk("vda", 1);
+        let cmd = Cmdline {
+            verity_data: Some(DeviceSpec::Path("/dev/vda4".into())),
+            verity_hash: Some(DeviceSpec::Path("/dev/vda5".into())),
+            ..with_hash(HASH_A)
+        };
+        let mut d4 = d.clone();
+        d4.partitions[3].fs = Some(FsKind::Ext4);
+        let p = plan(&facts(vec![d4]), &cmd, &Config::default()).unwrap();
+        assert!(
+            matches!(&p.steps[0], Step::ActivateVerity { data, .. } if data.to_str() == Some("/dev/vda4"))
+        );
+    }
+
+    #[test]
+    fn verity_off_falls_back_to_the_unverified_policy() {
+        let cmd = Cmdline {
+            verity: false,
+            ..with_hash(HASH_A)
+        };
+        let e = plan(
+            &facts(vec![verity_disk("vda", 1)]),
+            &cmd,
+            &Config::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e, PlanError::UnverifiedRefused);
+        let p = plan(&facts(vec![verity_disk("vda", 1)]), &cmd, &dev_cfg()).unwrap();
+        assert!(p.warnings.iter().any(|w| w.contains("systemd.verity=0")));
     }
 
     #[test]

@@ -287,6 +287,34 @@ impl Boot {
         r.get(key).cloned().unwrap_or_default()
     }
 
+    /// The boot stopped at the emergency target, before stage 2, with
+    /// exactly one error line from the helper that contains every needle.
+    pub fn check_refused(&self, needles: &[&str]) {
+        self.check(
+            self.reached,
+            "the boot did not stop at the emergency target",
+        );
+        self.check(
+            self.lines_with("IH-REPORT-BEGIN").is_empty(),
+            "the system booted past the initrd",
+        );
+        let errors: Vec<String> = self
+            .lines_with("initrd-helper[")
+            .into_iter()
+            .filter(|l| l.contains("error:"))
+            .collect();
+        self.check(
+            errors.len() == 1,
+            "expected exactly one error line from the helper",
+        );
+        for n in needles {
+            self.check(
+                errors[0].contains(n),
+                &format!("the error line does not say {n:?}"),
+            );
+        }
+    }
+
     /// Console lines containing `needle`.
     pub fn lines_with(&self, needle: &str) -> Vec<String> {
         self.console
@@ -294,6 +322,25 @@ impl Boot {
             .filter(|l| l.contains(needle))
             .map(str::to_string)
             .collect()
+    }
+}
+
+/// A writable copy of the test disk and its digest, for the "not a byte
+/// written" checks of boots with writes enabled.
+pub struct TestDisk {
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+impl TestDisk {
+    pub fn new(s: &Scratch, a: &Artifacts) -> TestDisk {
+        let path = s.copy_disk(&a.disk);
+        let sha256 = sha256(&path);
+        TestDisk { path, sha256 }
+    }
+
+    pub fn unchanged(&self) -> bool {
+        sha256(&self.path) == self.sha256
     }
 }
 
@@ -308,6 +355,42 @@ pub fn sha256(p: &Path) -> String {
         .next()
         .unwrap_or("")
         .to_string()
+}
+
+/// sha256 of `len` bytes at `offset` of a file (one partition of a disk
+/// image), through `dd | sha256sum`.
+pub fn sha256_range(p: &Path, offset: u64, len: u64) -> String {
+    let script = format!(
+        "dd if='{}' bs=1M iflag=skip_bytes,count_bytes skip={offset} count={len} status=none | sha256sum",
+        p.display()
+    );
+    let out = Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap_or_else(|e| panic!("sh: {e}"));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Inverts one byte of a file in place (the tamper scenario).
+pub fn flip_byte(p: &Path, offset: u64) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(offset))
+        .and_then(|_| f.read_exact(&mut b))
+        .unwrap_or_else(|e| panic!("reading: {e}"));
+    b[0] ^= 0xff;
+    f.seek(SeekFrom::Start(offset))
+        .and_then(|_| f.write_all(&b))
+        .unwrap_or_else(|e| panic!("writing: {e}"));
 }
 
 pub fn is_machine_id(s: &str) -> bool {

@@ -14,8 +14,11 @@ check() {
 depends() {
     # base: /etc/initrd-release (systemd's initrd targets assert it);
     # systemd-initrd: the targets our unit is ordered against;
-    # dracut-systemd: an emergency shell that says what failed.
-    echo base systemd-initrd dracut-systemd
+    # dracut-systemd: an emergency shell that says what failed;
+    # dm: device-mapper udev rules, so /dev/mapper/root gets its systemd device
+    # unit (with roothash= and no root=, systemd-fstab-generator makes
+    # sysroot.mount wait for dev-mapper-root.device).
+    echo base systemd-initrd dracut-systemd dm
     return 0
 }
 

@@ -58,9 +58,10 @@ pub fn scan(root: &Path) -> Vec<DiskFacts> {
 
 /// Facts for a disk image file: partition "devices" are the image itself.
 pub fn disk_from_image(path: &Path) -> DiskFacts {
+    // Partitions of an image have no device node: they are named IMAGE#N.
     let p = path.to_path_buf();
-    read_disk(path.display().to_string(), p.clone(), false, |_| {
-        Some(p.clone())
+    read_disk(path.display().to_string(), p.clone(), false, |n| {
+        Some(PathBuf::from(format!("{}#{n}", p.display())))
     })
 }
 

@@ -5,6 +5,7 @@ pub mod block;
 pub mod luks;
 pub mod mount;
 pub mod tpm;
+pub mod verity;
 
 use crate::facts::Facts;
 use std::path::Path;

@@ -1,0 +1,166 @@
+//! VM boot scenarios for dm-verity on the A/B root slots: the slot follows
+//! the booted `roothash=`, a tampered block is refused, a hash that matches
+//! nothing stops the boot. Disks are booted with writes enabled and compared
+//! byte for byte afterwards.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::path::Path;
+use vm_tests::{
+    boot, flip_byte, sha256, sha256_range, Artifacts, Boot, BootOpts, Scratch, TestDisk, EMERGENCY,
+    REPORT_DONE,
+};
+
+fn roothash(a: &Artifacts, slot: &str) -> String {
+    let p = a.disk.with_file_name(format!("roothash-{slot}"));
+    fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .trim()
+        .to_string()
+}
+
+/// Byte offset and size of partition `index` (0-based) from the builder's layout.
+fn partition(a: &Artifacts, index: usize) -> (u64, u64) {
+    let p = a.disk.with_file_name("layout.json");
+    let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(p).unwrap()).unwrap();
+    let part = &v["partitiontable"]["partitions"][index];
+    (
+        part["start"].as_u64().unwrap() * 512,
+        part["size"].as_u64().unwrap() * 512,
+    )
+}
+
+fn boot_hash(
+    a: &Artifacts,
+    s: &Scratch,
+    disk: &Path,
+    name: &str,
+    hash: &str,
+    marker: &'static str,
+) -> Boot {
+    let append = format!("ih_test.poweroff roothash={hash}");
+    boot(
+        a,
+        &BootOpts {
+            append: &append,
+            snapshot: false,
+            marker,
+            ..BootOpts::new(name, disk, &s.0)
+        },
+    )
+}
+
+/// The report says verity is under / over exactly these partitions.
+fn check_verity_root(b: &Boot, hash: &str, data: &str, hash_dev: &str, version: &str) {
+    b.check(b.reached, "the guest report never appeared");
+    b.check(
+        b.value("root_source") == "/dev/mapper/root",
+        "/ is not the verity device",
+    );
+    b.check(
+        b.value("root_options").starts_with("ro"),
+        "/ is not read-only",
+    );
+    let table = b.value("dm_table");
+    b.check(
+        table.split_whitespace().nth(2) == Some("verity"),
+        "dm table target is not verity",
+    );
+    b.check(
+        table.contains(hash),
+        "dm table does not carry the booted root hash",
+    );
+    let slaves: Vec<String> = b
+        .value("dm_slaves")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    b.check(
+        slaves == [data, hash_dev],
+        &format!("verity sits on {slaves:?}, expected [{data}, {hash_dev}]"),
+    );
+    b.check(
+        b.value("image_version") == version,
+        &format!("expected image version {version}"),
+    );
+    b.check(
+        b.value("failed_units").is_empty(),
+        "failed units in the booted system",
+    );
+    b.check(
+        !b.lines_with("step verity: done in").is_empty(),
+        "no verity step timing on the console",
+    );
+}
+
+/// Boots `slot`'s root hash on a fresh writable disk copy.
+fn boot_slot(name: &str, slot: &str, data: &str, hash_dev: &str, version: &str) {
+    let a = Artifacts::from_env();
+    let s = Scratch::new(name);
+    let disk = TestDisk::new(&s, &a);
+    let h = roothash(&a, slot);
+    let b = boot_hash(&a, &s, &disk.path, name, &h, REPORT_DONE);
+    check_verity_root(&b, &h, data, hash_dev, version);
+    // The other slot untouched: the whole disk is byte-identical.
+    b.check(disk.unchanged(), "the disk changed");
+}
+
+#[test]
+#[ignore = "VM test: run through `make test`"]
+fn vm_boot_slot_a() {
+    boot_slot("boot_slot_a", "a", "vda2", "vda3", "1");
+}
+
+#[test]
+#[ignore = "VM test: run through `make test`"]
+fn vm_boot_slot_b() {
+    boot_slot("boot_slot_b", "b", "vda4", "vda5", "2");
+}
+
+#[test]
+#[ignore = "VM test: run through `make test`"]
+fn vm_rollback_to_a() {
+    let a = Artifacts::from_env();
+    let s = Scratch::new("rollback_to_a");
+    let disk = s.copy_disk(&a.disk);
+    let (data_off, data_len) = partition(&a, 5);
+    let data_before = sha256_range(&disk, data_off, data_len);
+    let (ha, hb) = (roothash(&a, "a"), roothash(&a, "b"));
+    let b = boot_hash(&a, &s, &disk, "on_b", &hb, REPORT_DONE);
+    check_verity_root(&b, &hb, "vda4", "vda5", "2");
+    let back = boot_hash(&a, &s, &disk, "back_to_a", &ha, REPORT_DONE);
+    check_verity_root(&back, &ha, "vda2", "vda3", "1");
+    back.check(
+        back.value("etc_probe_existed") == "no",
+        "/etc state leaked across boots",
+    );
+    let data_after = sha256_range(&disk, data_off, data_len);
+    back.check(data_after == data_before, "the data partition changed");
+}
+
+#[test]
+#[ignore = "VM test: run through `make test`"]
+fn vm_verity_tamper() {
+    let a = Artifacts::from_env();
+    let s = Scratch::new("verity_tamper");
+    let mut disk = TestDisk::new(&s, &a);
+    // Flip a byte of the ext4 superblock in root-A's data area: the first
+    // block the kernel reads when mounting.
+    let (off, _) = partition(&a, 1);
+    flip_byte(&disk.path, off + 1024 + 16);
+    disk.sha256 = sha256(&disk.path);
+    let b = boot_hash(&a, &s, &disk.path, "tamper", &roothash(&a, "a"), EMERGENCY);
+    b.check_refused(&["dm-verity rejected a block"]);
+    b.check(disk.unchanged(), "the disk changed");
+}
+
+#[test]
+#[ignore = "VM test: run through `make test`"]
+fn vm_wrong_roothash() {
+    let a = Artifacts::from_env();
+    let s = Scratch::new("wrong_roothash");
+    let disk = TestDisk::new(&s, &a);
+    let b = boot_hash(&a, &s, &disk.path, "wrong", &"5a".repeat(32), EMERGENCY);
+    b.check_refused(&["5a5a5a5a-5a5a-5a5a-5a5a-5a5a5a5a5a5a", "roothash="]);
+    b.check(disk.unchanged(), "the disk changed");
+}
