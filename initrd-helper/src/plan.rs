@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
-    #[error("no disk has {what}; searched: {}", .searched.join(", "))]
+    #[error("no disk has {what}; searched: {}", searched_text(.searched))]
     NoDisk { what: String, searched: Vec<String> },
     #[error("the boot disk with GPT disk GUID {0} was not found")]
     DiskNotFound(Guid),
@@ -44,10 +44,23 @@ pub enum PlanError {
     NoRootFs { dev: String, label: String },
 }
 
+fn searched_text(disks: &[String]) -> String {
+    if disks.is_empty() {
+        "no disks found (yet)".into()
+    } else {
+        disks.join(", ")
+    }
+}
+
 impl PlanError {
     /// Errors that may resolve once more devices appear (worth waiting for).
     pub fn may_resolve_by_waiting(&self) -> bool {
-        matches!(self, PlanError::NoDisk { .. } | PlanError::DiskNotFound(_))
+        matches!(
+            self,
+            PlanError::NoDisk { .. }
+                | PlanError::DiskNotFound(_)
+                | PlanError::MissingPartition { .. }
+        )
     }
 }
 

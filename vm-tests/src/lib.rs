@@ -28,6 +28,15 @@ pub struct Artifacts {
 
 impl Artifacts {
     /// Reads `IH_VM_DIR`; panics with a hint when it is unset (run `make test`).
+    /// The root hash of slot `a` or `b` written by the image builder.
+    pub fn roothash(&self, slot: &str) -> String {
+        let p = self.disk.with_file_name(format!("roothash-{slot}"));
+        fs::read_to_string(&p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .trim()
+            .to_string()
+    }
+
     pub fn from_env() -> Artifacts {
         let dir = std::env::var("IH_VM_DIR").unwrap_or_else(|_| {
             panic!("IH_VM_DIR is not set: run the VM tests through `make test`")

@@ -11,14 +11,6 @@ use vm_tests::{
     REPORT_DONE,
 };
 
-fn roothash(a: &Artifacts, slot: &str) -> String {
-    let p = a.disk.with_file_name(format!("roothash-{slot}"));
-    fs::read_to_string(&p)
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-        .trim()
-        .to_string()
-}
-
 /// Byte offset and size of partition `index` (0-based) from the builder's layout.
 fn partition(a: &Artifacts, index: usize) -> (u64, u64) {
     let p = a.disk.with_file_name("layout.json");
@@ -98,7 +90,7 @@ fn boot_slot(name: &str, slot: &str, data: &str, hash_dev: &str, version: &str) 
     let a = Artifacts::from_env();
     let s = Scratch::new(name);
     let disk = TestDisk::new(&s, &a);
-    let h = roothash(&a, slot);
+    let h = a.roothash(slot);
     let b = boot_hash(&a, &s, &disk.path, name, &h, REPORT_DONE);
     check_verity_root(&b, &h, data, hash_dev, version);
     // The other slot untouched: the whole disk is byte-identical.
@@ -125,7 +117,7 @@ fn vm_rollback_to_a() {
     let disk = s.copy_disk(&a.disk);
     let (data_off, data_len) = partition(&a, 5);
     let data_before = sha256_range(&disk, data_off, data_len);
-    let (ha, hb) = (roothash(&a, "a"), roothash(&a, "b"));
+    let (ha, hb) = (a.roothash("a"), a.roothash("b"));
     let b = boot_hash(&a, &s, &disk, "on_b", &hb, REPORT_DONE);
     check_verity_root(&b, &hb, "vda4", "vda5", "2");
     let back = boot_hash(&a, &s, &disk, "back_to_a", &ha, REPORT_DONE);
@@ -149,7 +141,7 @@ fn vm_verity_tamper() {
     let (off, _) = partition(&a, 1);
     flip_byte(&disk.path, off + 1024 + 16);
     disk.sha256 = sha256(&disk.path);
-    let b = boot_hash(&a, &s, &disk.path, "tamper", &roothash(&a, "a"), EMERGENCY);
+    let b = boot_hash(&a, &s, &disk.path, "tamper", &a.roothash("a"), EMERGENCY);
     b.check_refused(&["dm-verity rejected a block"]);
     b.check(disk.unchanged(), "the disk changed");
 }

@@ -47,10 +47,13 @@ pub fn scan(root: &Path) -> Vec<DiskFacts> {
     names.sort();
     names
         .into_iter()
+        // sysfs shows a disk slightly before devtmpfs has made its node: a
+        // disk without one is left out now and found by the next rescan.
+        .filter(|n| root.join("dev").join(n).exists())
         .map(|n| {
             let nodes = partition_nodes(root, &class.join(&n));
             read_disk(n.clone(), root.join("dev").join(&n), true, |num| {
-                nodes.get(&num).cloned()
+                nodes.get(&num).filter(|p| p.exists()).cloned()
             })
         })
         .collect()
@@ -98,8 +101,8 @@ fn read_disk(
     match gpt::read(&mut f) {
         Ok(t) => {
             for p in &t.partitions {
-                // A partition the kernel has not created a node for yet is skipped;
-                // the caller's bounded wait rescans.
+                // A partition without a device node yet is skipped; the
+                // caller's bounded wait rescans.
                 let Some(pdev) = node(p.number) else { continue };
                 let fs = probe_at(&mut f, p.offset(t.sector_size));
                 let luks_uuid = (devices && fs == Some(FsKind::Luks))
@@ -121,4 +124,53 @@ fn read_disk(
         Err(e) => facts.table = Err(e.to_string()),
     }
     facts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dps;
+    use crate::guid::Guid;
+
+    /// A fake root: sysfs entries for vda and vda1, a GPT image as /dev/vda.
+    fn fake_root() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let class = d.path().join("sys/class/block");
+        std::fs::create_dir_all(class.join("vda/vda1")).unwrap();
+        std::fs::write(class.join("vda/vda1/partition"), "1\n").unwrap();
+        std::fs::create_dir_all(class.join("vda1")).unwrap();
+        std::fs::write(class.join("vda1/partition"), "1\n").unwrap();
+        std::fs::create_dir_all(class.join("loop0")).unwrap();
+        std::fs::create_dir_all(d.path().join("dev")).unwrap();
+        d
+    }
+
+    fn write_disk(root: &Path) {
+        let img = crate::gpt::tests::image(
+            &[(
+                dps::ROOT_X86_64,
+                Guid::from_bytes([3; 16]),
+                2048,
+                4095,
+                "os_1",
+            )],
+            8192,
+        );
+        std::fs::write(root.join("dev/vda"), img).unwrap();
+    }
+
+    #[test]
+    fn disks_and_partitions_without_nodes_wait_for_the_next_scan() {
+        let root = fake_root();
+        assert!(scan(root.path()).is_empty(), "no /dev/vda yet");
+        write_disk(root.path());
+        let disks = scan(root.path());
+        assert_eq!(disks.len(), 1, "loop devices are never candidates");
+        assert!(disks[0].table.is_ok());
+        assert!(disks[0].partitions.is_empty(), "no /dev/vda1 yet");
+        std::fs::write(root.path().join("dev/vda1"), b"").unwrap();
+        let disks = scan(root.path());
+        assert_eq!(disks[0].partitions[0].gpt.label, "os_1");
+        assert_eq!(disks[0].partitions[0].dev, root.path().join("dev/vda1"));
+    }
 }

@@ -30,11 +30,18 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let s = Scratch::new("bench");
+    let append = format!("ih_test.poweroff roothash={}", a.roothash("a"));
     let mut steps: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut uptimes = Vec::new();
     for i in 0..n {
         let name = format!("bench{i}");
-        let b = boot(&a, &BootOpts::new(&name, &a.disk, &s.0));
+        let b = boot(
+            &a,
+            &BootOpts {
+                append: &append,
+                ..BootOpts::new(&name, &a.disk, &s.0)
+            },
+        );
         for (k, v) in step_times(&b.console) {
             steps.entry(k).or_default().push(v);
         }

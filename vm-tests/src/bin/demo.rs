@@ -10,8 +10,14 @@ fn main() -> ExitCode {
     let a = Artifacts::from_env();
     let s = Scratch::new("demo");
     let interactive = std::env::var("INTERACTIVE").is_ok_and(|v| v == "1");
+    // Slot A through dm-verity, as a production boot entry would name it.
+    let append = format!(
+        "roothash={}{}",
+        a.roothash("a"),
+        if interactive { "" } else { " ih_test.poweroff" }
+    );
     let opts = BootOpts {
-        append: if interactive { "" } else { "ih_test.poweroff" },
+        append: &append,
         echo: true,
         interactive,
         ..BootOpts::new("demo", &a.disk, &s.0)
