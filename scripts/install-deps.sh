@@ -13,7 +13,7 @@ PKGS=(
   gettext autopoint dpkg-dev clang libclang-dev
   libssl-dev libjson-c-dev uuid-dev libblkid-dev libargon2-dev libaio-dev libpopt-dev
   # checks on the binary
-  file strace cpio
+  file strace cpio openssl
   # VM tests and the demo
   qemu-system-x86 swtpm swtpm-tools mmdebstrap fdisk e2fsprogs cryptsetup-bin
   dosfstools erofs-utils squashfs-tools ovmf

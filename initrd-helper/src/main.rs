@@ -179,8 +179,19 @@ fn cmd_run(a: &Args) -> Result<()> {
 /// Errors end in one line that says what failed and that nothing on disk
 /// was changed by the failing decision.
 fn report(e: &anyhow::Error) {
-    let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-    ::log::error!("error: {}", chain.join(": "));
+    ::log::error!("error: {}", chain_text(e.chain().map(|c| c.to_string())));
+}
+
+/// Joins an error chain with ": ", dropping a cause whose text the previous
+/// entry already ends with (some library errors print their source too).
+fn chain_text(chain: impl Iterator<Item = String>) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for c in chain {
+        if !parts.last().is_some_and(|p| p.ends_with(&c)) {
+            parts.push(c);
+        }
+    }
+    parts.join(": ")
 }
 
 fn main() -> ExitCode {
@@ -223,5 +234,17 @@ fn main() -> ExitCode {
             report(&e);
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chain_text_drops_repeated_causes() {
+        let c = ["step verity", "io: No such device", "No such device"].map(String::from);
+        assert_eq!(
+            super::chain_text(c.into_iter()),
+            "step verity: io: No such device"
+        );
     }
 }

@@ -156,3 +156,81 @@ fn vm_wrong_roothash() {
     b.check_refused(&["5a5a5a5a-5a5a-5a5a-5a5a-5a5a5a5a5a5a", "roothash="]);
     b.check(disk.unchanged(), "the disk changed");
 }
+
+/// `root-hash-signature=` signed by a key the kernel does not trust: the
+/// kernel refuses the activation and the boot stops, disk untouched.
+#[test]
+#[ignore = "VM test: run through `make test`"]
+fn vm_verity_untrusted_signature() {
+    let a = Artifacts::from_env();
+    let s = Scratch::new("verity_untrusted_signature");
+    let disk = TestDisk::new(&s, &a);
+    let h = a.roothash("a");
+    let sig = sign_untrusted(&s.0, &h);
+    let append = format!(
+        "ih_test.poweroff roothash={h} systemd.verity_root_options=root-hash-signature=base64:{sig}"
+    );
+    let opts = BootOpts {
+        append: &append,
+        snapshot: false,
+        marker: EMERGENCY,
+        ..BootOpts::new("untrusted_sig", &disk.path, &s.0)
+    };
+    let b = boot(&a, &opts);
+    b.check_refused(&["step verity", "activating dm-verity root"]);
+    b.check(disk.unchanged(), "the disk changed");
+}
+
+/// A detached PKCS#7 signature (DER, base64) of the hex root hash, as
+/// systemd's `root-hash-signature=` expects, from a throw-away key.
+fn sign_untrusted(dir: &Path, roothash: &str) -> String {
+    let run = |args: &[&str]| {
+        let ok = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "openssl {args:?} failed");
+    };
+    fs::write(dir.join("roothash.txt"), roothash).unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "cert.pem",
+        "-subj",
+        "/CN=untrusted verity signer",
+        "-days",
+        "1",
+    ]);
+    run(&[
+        "smime",
+        "-sign",
+        "-nocerts",
+        "-noattr",
+        "-binary",
+        "-in",
+        "roothash.txt",
+        "-inkey",
+        "key.pem",
+        "-signer",
+        "cert.pem",
+        "-outform",
+        "der",
+        "-out",
+        "sig.p7s",
+    ]);
+    let out = std::process::Command::new("base64")
+        .args(["-w0", "sig.p7s"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}

@@ -68,6 +68,7 @@ pub fn activate(
         Some(sig) => act.activate_by_signed_key(Some(name), Some(roothash), Some(sig), f),
     }
     .map_err(lib(
-        "activating (root hash or signature rejected, or dm-verity unavailable)",
+        "the kernel refused the verity table (root hash or signature rejected, or dm-verity \
+         unavailable; the kernel's \"device-mapper: verity\" line says which)",
     ))
 }
