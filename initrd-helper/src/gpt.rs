@@ -49,6 +49,19 @@ pub struct Gpt {
     pub alternate_lba: u64,
     pub used_backup: bool,
     pub partitions: Vec<Partition>,
+    /// The on-disk bytes, kept so a rewrite preserves every field we do not change.
+    #[serde(skip)]
+    pub raw: RawTable,
+}
+
+/// The header and entry array exactly as read (header: its `header_size` bytes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawTable {
+    pub header: Vec<u8>,
+    pub entries: Vec<u8>,
+    pub entry_size: u32,
+    /// Where the primary entry array starts (2 on every disk we build).
+    pub primary_entries_lba: u64,
 }
 
 impl Partition {
@@ -72,6 +85,7 @@ struct Header {
     num_entries: u32,
     entry_size: u32,
     entries_crc: u32,
+    raw: Vec<u8>,
 }
 
 fn le_u32(b: &[u8], at: usize) -> u32 {
@@ -109,7 +123,8 @@ fn parse_header(block: &[u8]) -> Result<Option<Header>, GptError> {
     if !(MIN_HEADER_SIZE..=block.len()).contains(&size) {
         return Err(GptError::Malformed("header size"));
     }
-    let mut copy = block[..size].to_vec();
+    let raw = block[..size].to_vec();
+    let mut copy = raw.clone();
     copy[16..20].fill(0);
     if crc32fast::hash(&copy) != le_u32(block, 16) {
         return Err(GptError::BadHeaders);
@@ -124,6 +139,7 @@ fn parse_header(block: &[u8]) -> Result<Option<Header>, GptError> {
         num_entries: le_u32(block, 80),
         entry_size: le_u32(block, 84),
         entries_crc: le_u32(block, 88),
+        raw,
     };
     if h.num_entries > MAX_ENTRIES || h.entry_size < 128 || h.entry_size % 8 != 0 {
         return Err(GptError::Malformed("entry count or size"));
@@ -156,21 +172,34 @@ fn read_entries<R: Read + Seek>(
     r: &mut R,
     h: &Header,
     ss: u64,
-) -> Result<Vec<Partition>, GptError> {
+) -> Result<(Vec<Partition>, Vec<u8>), GptError> {
     let len = h.num_entries as usize * h.entry_size as usize;
     let raw = read_at(r, h.entries_lba * ss, len)?;
     if crc32fast::hash(&raw) != h.entries_crc {
         return Err(GptError::BadEntries);
     }
-    Ok(raw
+    let parts = raw
         .chunks(h.entry_size as usize)
         .zip(1u32..)
         .filter_map(|(e, n)| parse_entry(e, n))
-        .collect())
+        .collect();
+    Ok((parts, raw))
 }
 
-fn build(h: Header, ss: u64, parts: Vec<Partition>, used_backup: bool) -> Gpt {
+fn build(
+    h: Header,
+    ss: u64,
+    (parts, entries): (Vec<Partition>, Vec<u8>),
+    used_backup: bool,
+) -> Gpt {
+    let raw = RawTable {
+        header: h.raw.clone(),
+        entries,
+        entry_size: h.entry_size,
+        primary_entries_lba: if used_backup { 2 } else { h.entries_lba },
+    };
     Gpt {
+        raw,
         disk_guid: h.disk_guid,
         sector_size: ss,
         first_usable_lba: h.first_usable,

@@ -30,7 +30,6 @@ impl Guid {
         Guid(o)
     }
 
-    #[cfg(test)]
     pub fn to_gpt_bytes(self) -> [u8; 16] {
         let mut o = self.0;
         o[0..4].reverse();

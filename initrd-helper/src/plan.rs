@@ -459,6 +459,7 @@ pub(crate) mod tests {
                 alternate_lba: (1 << 21) - 1,
                 used_backup: false,
                 partitions: parts.iter().map(|p| p.gpt.clone()).collect(),
+                raw: Default::default(),
             }),
             partitions: parts,
         }
