@@ -50,8 +50,17 @@ impl Artifacts {
     }
 }
 
-/// A scratch directory per test under the cache, removed on success.
+/// A scratch directory per test (under `IH_VM_SCRATCH`, default /tmp/ih-vm),
+/// removed when the test passes and kept, with its consoles, when it fails.
 pub struct Scratch(pub PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
 
 impl Scratch {
     pub fn new(name: &str) -> Scratch {
@@ -257,13 +266,15 @@ pub fn boot(a: &Artifacts, o: &BootOpts) -> Boot {
         reached,
         wall: t.elapsed(),
     };
-    eprintln!(
-        "boot {}: marker {:?} {} after {:.1} s",
-        b.name,
-        o.marker,
-        if reached { "seen" } else { "NOT seen" },
-        b.wall.as_secs_f64()
-    );
+    if !o.interactive {
+        eprintln!(
+            "boot {}: marker {:?} {} after {:.1} s",
+            b.name,
+            o.marker,
+            if reached { "seen" } else { "NOT seen" },
+            b.wall.as_secs_f64()
+        );
+    }
     b
 }
 

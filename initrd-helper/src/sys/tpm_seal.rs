@@ -1,0 +1,318 @@
+//! Sealing a secret to the TPM2 under a PCR policy, and unsealing it.
+//!
+//! The parent is an ECC P-256 storage root key (the TCG provisioning
+//! guidance template, as systemd uses), persistent at 0x81000001: reused when
+//! present, created and persisted when not. Every command that carries the
+//! secret runs in a session salted with that key, so the secret never crosses
+//! the TPM bus in clear. Not yet used at boot: the data-partition work
+//! (LUKS2 + systemd-tpm2 token) builds on it.
+
+use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
+use tss_esapi::constants::SessionType;
+use tss_esapi::handles::{KeyHandle, PersistentTpmHandle, TpmHandle};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::dynamic_handles::Persistent;
+use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
+use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
+use tss_esapi::structures::{
+    Digest, EccPoint, EccScheme, KeyDerivationFunctionScheme, KeyedHashScheme, PcrSelectionList,
+    PcrSelectionListBuilder, PcrSlot, Private, Public, PublicBuilder, PublicEccParametersBuilder,
+    PublicKeyedHashParameters, SensitiveData, SymmetricDefinition, SymmetricDefinitionObject,
+};
+use tss_esapi::traits::{Marshall, UnMarshall};
+use tss_esapi::Context;
+
+/// Where systemd (systemd-tpm2-setup) and we keep the storage root key.
+pub const SRK_HANDLE: u32 = 0x8100_0001;
+
+pub type TpmResult<T> = Result<T, tss_esapi::Error>;
+
+/// A sealed object as stored (later: in the LUKS2 token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub private: Vec<u8>,
+    pub public: Vec<u8>,
+    /// The PolicyPCR digest the object is bound to (systemd's `tpm2-policy-hash`).
+    pub policy_hash: Vec<u8>,
+}
+
+fn srk_template() -> TpmResult<Public> {
+    let attrs = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+        .with_restricted(true)
+        .with_decrypt(true)
+        .build()?;
+    let ecc = PublicEccParametersBuilder::new()
+        .with_symmetric(SymmetricDefinitionObject::AES_128_CFB)
+        .with_ecc_scheme(EccScheme::Null)
+        .with_curve(EccCurve::NistP256)
+        .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
+        .with_is_signing_key(false)
+        .with_is_decryption_key(true)
+        .with_restricted(true)
+        .build()?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attrs)
+        .with_ecc_parameters(ecc)
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+}
+
+/// The persistent SRK, created and persisted on first use.
+pub fn srk(ctx: &mut Context) -> TpmResult<KeyHandle> {
+    let persistent = PersistentTpmHandle::new(SRK_HANDLE)?;
+    if let Ok(h) =
+        ctx.execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::Persistent(persistent)))
+    {
+        return Ok(h.into());
+    }
+    let created = ctx.execute_with_nullauth_session(|c| {
+        c.create_primary(Hierarchy::Owner, srk_template()?, None, None, None, None)
+    })?;
+    let handle = ctx.execute_with_nullauth_session(|c| {
+        c.evict_control(
+            Provision::Owner,
+            created.key_handle.into(),
+            Persistent::Persistent(persistent),
+        )
+    })?;
+    ctx.flush_context(created.key_handle.into())?;
+    Ok(handle.into())
+}
+
+/// PCR indexes (0-23) of the sha256 bank as a selection.
+pub fn pcr_selection(pcrs: &[u8]) -> TpmResult<PcrSelectionList> {
+    let slots = pcrs
+        .iter()
+        .map(|&n| PcrSlot::try_from(1u32 << n))
+        .collect::<TpmResult<Vec<_>>>()?;
+    PcrSelectionListBuilder::new()
+        .with_selection(HashingAlgorithm::Sha256, &slots)
+        .build()
+}
+
+/// A session salted with the SRK, encrypting command and response parameters.
+fn salted(ctx: &mut Context, srk: KeyHandle, kind: SessionType) -> TpmResult<AuthSession> {
+    let s = ctx
+        .start_auth_session(
+            Some(srk),
+            None,
+            None,
+            kind,
+            SymmetricDefinition::AES_128_CFB,
+            HashingAlgorithm::Sha256,
+        )?
+        .ok_or(tss_esapi::Error::WrapperError(
+            tss_esapi::WrapperErrorKind::WrongValueFromTpm,
+        ))?;
+    let (attrs, mask) = SessionAttributesBuilder::new()
+        .with_decrypt(true)
+        .with_encrypt(true)
+        .with_continue_session(true)
+        .build();
+    ctx.tr_sess_set_attributes(s, attrs, mask)?;
+    Ok(s)
+}
+
+/// The policy digest of PolicyPCR over the PCRs' current values.
+fn policy_digest(ctx: &mut Context, pcrs: &PcrSelectionList) -> TpmResult<Digest> {
+    let trial = ctx
+        .start_auth_session(
+            None,
+            None,
+            None,
+            SessionType::Trial,
+            SymmetricDefinition::AES_128_CFB,
+            HashingAlgorithm::Sha256,
+        )?
+        .ok_or(tss_esapi::Error::WrapperError(
+            tss_esapi::WrapperErrorKind::WrongValueFromTpm,
+        ))?;
+    let session = PolicySession::try_from(trial)?;
+    let result = ctx
+        .execute_without_session(|c| c.policy_pcr(session, Digest::default(), pcrs.clone()))
+        .and_then(|_| ctx.execute_without_session(|c| c.policy_get_digest(session)));
+    ctx.flush_context(tss_esapi::handles::SessionHandle::from(trial).into())?;
+    result
+}
+
+fn sealed_template(policy: Digest) -> TpmResult<Public> {
+    // No userWithAuth: only the PCR policy can unseal.
+    let attrs = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_no_da(true)
+        .build()?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::KeyedHash)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attrs)
+        .with_auth_policy(policy)
+        .with_keyed_hash_parameters(PublicKeyedHashParameters::new(KeyedHashScheme::Null))
+        .with_keyed_hash_unique_identifier(Digest::default())
+        .build()
+}
+
+/// Seals `secret` to the current values of `pcrs` (sha256 bank).
+pub fn seal(ctx: &mut Context, srk: KeyHandle, pcrs: &[u8], secret: &[u8]) -> TpmResult<Sealed> {
+    let selection = pcr_selection(pcrs)?;
+    let policy = policy_digest(ctx, &selection)?;
+    let public = sealed_template(policy.clone())?;
+    let data = SensitiveData::try_from(secret.to_vec())?;
+    let session = salted(ctx, srk, SessionType::Hmac)?;
+    let created = ctx.execute_with_session(Some(session), |c| {
+        c.create(srk, public, None, Some(data), None, None)
+    });
+    ctx.flush_context(tss_esapi::handles::SessionHandle::from(session).into())?;
+    let created = created?;
+    Ok(Sealed {
+        private: created.out_private.value().to_vec(),
+        public: created.out_public.marshall()?,
+        policy_hash: policy.value().to_vec(),
+    })
+}
+
+/// Unseals; fails with a policy error when the PCRs no longer match.
+pub fn unseal(
+    ctx: &mut Context,
+    srk: KeyHandle,
+    pcrs: &[u8],
+    sealed: &Sealed,
+) -> TpmResult<Vec<u8>> {
+    let private = Private::try_from(sealed.private.clone())?;
+    let public = Public::unmarshall(&sealed.public)?;
+    let key = ctx.execute_with_nullauth_session(|c| c.load(srk, private, public))?;
+    let session = salted(ctx, srk, SessionType::Policy)?;
+    let selection = pcr_selection(pcrs)?;
+    let result = PolicySession::try_from(session)
+        .and_then(|p| {
+            ctx.execute_without_session(|c| c.policy_pcr(p, Digest::default(), selection))
+        })
+        .and_then(|_| ctx.execute_with_session(Some(session), |c| c.unseal(key.into())))
+        .map(|d| d.value().to_vec());
+    ctx.flush_context(tss_esapi::handles::SessionHandle::from(session).into())?;
+    ctx.flush_context(key.into())?;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    //! swtpm tier: a fresh software TPM per test on a loopback port.
+    use super::*;
+    use std::process::{Child, Command, Stdio};
+    use std::str::FromStr;
+    use tss_esapi::handles::PcrHandle;
+    use tss_esapi::structures::DigestValues;
+    use tss_esapi::tcti_ldr::TctiNameConf;
+
+    struct Swtpm {
+        child: Child,
+        _dir: tempfile::TempDir,
+        port: u16,
+    }
+
+    impl Drop for Swtpm {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn free_port() -> u16 {
+        // Two consecutive ports: swtpm's server and control channels.
+        loop {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let p = l.local_addr().unwrap().port();
+            if p < 65000 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+                return p;
+            }
+        }
+    }
+
+    fn swtpm() -> Swtpm {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+            .arg("--tpmstate")
+            .arg(format!("dir={}", dir.path().display()))
+            .args([
+                "--server",
+                &format!("type=tcp,bindaddr=127.0.0.1,port={port}"),
+            ])
+            .args([
+                "--ctrl",
+                &format!("type=tcp,bindaddr=127.0.0.1,port={}", port + 1),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("swtpm (Debian package swtpm) is needed by the swtpm tests");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Swtpm {
+            child,
+            _dir: dir,
+            port,
+        }
+    }
+
+    fn context(t: &Swtpm) -> Context {
+        let conf =
+            TctiNameConf::from_str(&format!("swtpm:host=127.0.0.1,port={}", t.port)).unwrap();
+        Context::new(conf).unwrap()
+    }
+
+    #[test]
+    fn swtpm_seal_unseal_roundtrip() {
+        let t = swtpm();
+        let mut ctx = context(&t);
+        let srk = srk(&mut ctx).unwrap();
+        let sealed = seal(&mut ctx, srk, &[7], b"volume secret").unwrap();
+        assert_eq!(sealed.policy_hash.len(), 32);
+        assert_eq!(
+            unseal(&mut ctx, srk, &[7], &sealed).unwrap(),
+            b"volume secret"
+        );
+    }
+
+    #[test]
+    fn swtpm_changed_pcr_refuses_unseal() {
+        let t = swtpm();
+        let mut ctx = context(&t);
+        let srk = srk(&mut ctx).unwrap();
+        let sealed = seal(&mut ctx, srk, &[7, 16], b"volume secret").unwrap();
+        let mut d = DigestValues::new();
+        d.set(
+            HashingAlgorithm::Sha256,
+            Digest::try_from(vec![0xab; 32]).unwrap(),
+        );
+        ctx.execute_with_nullauth_session(|c| c.pcr_extend(PcrHandle::Pcr16, d))
+            .unwrap();
+        assert!(unseal(&mut ctx, srk, &[7, 16], &sealed).is_err());
+    }
+
+    #[test]
+    fn swtpm_srk_is_persisted_and_reused() {
+        let t = swtpm();
+        let mut ctx = context(&t);
+        let first = srk(&mut ctx).unwrap();
+        let sealed = seal(&mut ctx, first, &[7], b"x").unwrap();
+        drop(ctx);
+        // A new connection (a later boot) finds the same key at 0x81000001.
+        let mut ctx = context(&t);
+        let again = srk(&mut ctx).unwrap();
+        assert_eq!(unseal(&mut ctx, again, &[7], &sealed).unwrap(), b"x");
+    }
+}
