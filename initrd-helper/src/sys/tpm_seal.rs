@@ -1,8 +1,11 @@
 //! Sealing a secret to the TPM2 under a PCR policy, and unsealing it.
 //!
-//! The parent is an ECC P-256 storage root key (the TCG provisioning
-//! guidance template, as systemd uses), persistent at 0x81000001: reused when
-//! present, created and persisted when not. Every command that carries the
+//! The parent is an ECC P-256 storage root key, persistent at 0x81000001:
+//! reused when present, created and persisted when not. Its template is
+//! systemd 252's primary template (Debian 12): that systemd-cryptsetup does not
+//! look at 0x81000001 but re-creates a transient primary from its template on
+//! every unlock, and primaries derive deterministically from the owner seed
+//! and the template, so using the same template makes both the same key. Every command that carries the
 //! secret runs in a session salted with that key, so the secret never crosses
 //! the TPM bus in clear. Not yet used at boot: the data-partition work
 //! (LUKS2 + systemd-tpm2 token) builds on it.
@@ -37,13 +40,15 @@ pub struct Sealed {
     pub policy_hash: Vec<u8>,
 }
 
+/// systemd 252's `primary_template_ecc`: note no noDA attribute (the TCG
+/// SRK template and systemd >= 255's persistent SRK set it; a different
+/// template is a different key).
 fn srk_template() -> TpmResult<Public> {
     let attrs = ObjectAttributesBuilder::new()
         .with_fixed_tpm(true)
         .with_fixed_parent(true)
         .with_sensitive_data_origin(true)
         .with_user_with_auth(true)
-        .with_no_da(true)
         .with_restricted(true)
         .with_decrypt(true)
         .build()?;
