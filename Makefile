@@ -33,7 +33,7 @@ check-static: images
 	scripts/check-static.sh $(BIN) $(VM_DIR)/disk.img
 
 vm: images
-	IH_VM_DIR=$(VM_DIR) $(CARGO) test --locked -p vm-tests --tests -- --ignored --test-threads=1
+	IH_VM_DIR=$(VM_DIR) IH_HELPER_BIN=$(CURDIR)/$(BIN) $(CARGO) test --locked -p vm-tests --tests -- --ignored --test-threads=1
 
 # Everything CI runs: lint, unit tests, the static-binary check, VM scenarios.
 # Ends with one "N passed, N failed" line counted over every test run.

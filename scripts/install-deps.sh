@@ -14,6 +14,8 @@ PKGS=(
   libssl-dev libjson-c-dev uuid-dev libblkid-dev libargon2-dev libaio-dev libpopt-dev
   # checks on the binary
   file strace cpio openssl
+  # systemd 252's TPM2 token plugin (interop test) dlopens these
+  libtss2-esys-3.0.2-0 libtss2-mu0 libtss2-rc0 libtss2-tcti-swtpm0
   # VM tests and the demo
   qemu-system-x86 swtpm swtpm-tools mmdebstrap fdisk e2fsprogs cryptsetup-bin
   dosfstools erofs-utils squashfs-tools ovmf

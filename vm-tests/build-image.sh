@@ -19,7 +19,7 @@ digest() { cat "$@" | sha256sum | cut -c1-16; }
 SUITE=bookworm
 # The guest root: systemd in both stages, dracut to build the initrd in place,
 # and the tools tests inspect the guest with.
-GUEST_PKGS=systemd,systemd-sysv,udev,kmod,dracut-core,e2fsprogs,util-linux,cryptsetup-bin,cryptsetup,procps,fdisk,dmsetup
+GUEST_PKGS=systemd,systemd-sysv,udev,kmod,dracut-core,e2fsprogs,util-linux,cryptsetup-bin,cryptsetup,procps,fdisk,dmsetup,libtss2-esys-3.0.2-0,libtss2-mu0,libtss2-rc0,libtss2-tcti-device0
 # Kernel modules the guest never needs; dropped to keep the root small.
 PRUNE_MODULES="drivers/gpu drivers/media drivers/net/wireless drivers/infiniband drivers/staging sound drivers/bluetooth net/wireless drivers/iio drivers/hid drivers/input/touchscreen drivers/scsi/qla2xxx drivers/scsi/lpfc"
 

@@ -16,6 +16,27 @@ fn value(c: u8) -> Result<u32, B64Error> {
     }
 }
 
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding (systemd's token fields and the TPM
+/// passphrase rule use this form).
+pub fn encode(b: &[u8]) -> String {
+    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
+    for chunk in b.chunks(3) {
+        let mut n = [0u8; 3];
+        n[..chunk.len()].copy_from_slice(chunk);
+        let v = u32::from_be_bytes([0, n[0], n[1], n[2]]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(v >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 pub fn decode(s: &str) -> Result<Vec<u8>, B64Error> {
     let body = s.trim_end_matches('=');
     if s.len() - body.len() > 2 || body.len() % 4 == 1 {
@@ -50,6 +71,22 @@ mod tests {
             ("Zm9vYmFy", "foobar"),
         ] {
             assert_eq!(decode(enc).unwrap(), dec.as_bytes(), "{enc}");
+        }
+    }
+
+    #[test]
+    fn encodes_rfc4648_vectors() {
+        for (enc, dec) in [
+            ("", ""),
+            ("Zg==", "f"),
+            ("Zm8=", "fo"),
+            ("Zm9v", "foo"),
+            ("Zm9vYg==", "foob"),
+            ("Zm9vYmE=", "fooba"),
+            ("Zm9vYmFy", "foobar"),
+        ] {
+            assert_eq!(encode(dec.as_bytes()), enc);
+            assert_eq!(decode(enc).unwrap(), dec.as_bytes());
         }
     }
 

@@ -18,7 +18,9 @@ mod log;
 mod machine_id;
 mod mountinfo;
 mod plan;
+mod provision;
 mod sys;
+mod token;
 mod verity;
 
 use anyhow::{Context, Result};
@@ -29,13 +31,20 @@ use std::time::{Duration, Instant};
 const USAGE: &str = "\
 usage: initrd-helper run  [--cmdline STR] [--config FILE] [--root DIR]
        initrd-helper plan [--cmdline STR] [--config FILE] [--root DIR] [--disk IMAGE]... [--json]
+       initrd-helper encrypt --pcrs LIST [--tcti TCTI] DEVICE
        initrd-helper --version
 
   --cmdline STR  kernel command line (default: ROOT/proc/cmdline)
   --config FILE  config file (default: /etc/initrd-helper/config.toml; missing = defaults)
   --root DIR     where /sys, /dev and /proc are read from (default: /)
   --disk IMAGE   plan against a disk image file instead of the machine's disks
-  --json         print the plan (and facts) as JSON";
+  --json         print the plan (and facts) as JSON
+  --pcrs LIST    encrypt: PCRs (sha256 bank) the secret is sealed to, e.g. 7 or 7,16
+  --tcti TCTI    encrypt: the TPM (default device:/dev/tpmrm0)
+
+encrypt formats a blank DEVICE (first MiB all zero, else refused) as LUKS2
+with a TPM2-sealed keyslot (systemd-tpm2 token) and a recovery keyslot, and
+prints the recovery key once, as JSON on stdout.";
 
 /// Said with every error found before any step ran: the decision to stop
 /// was made on facts alone.
@@ -52,6 +61,9 @@ struct Args {
     root: Option<PathBuf>,
     disks: Vec<PathBuf>,
     json: bool,
+    pcrs: Option<String>,
+    tcti: Option<String>,
+    device: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, lexopt::Error> {
@@ -65,9 +77,12 @@ fn parse_args() -> Result<Args, lexopt::Error> {
             Long("root") => a.root = Some(p.value()?.into()),
             Long("disk") => a.disks.push(p.value()?.into()),
             Long("json") => a.json = true,
+            Long("pcrs") => a.pcrs = Some(p.value()?.string()?),
+            Long("tcti") => a.tcti = Some(p.value()?.string()?),
             Long("version") => a.command = "version".into(),
             Long("help") | Short('h') => a.command = "help".into(),
             Value(v) if a.command.is_empty() => a.command = v.string()?,
+            Value(v) if a.command == "encrypt" && a.device.is_none() => a.device = Some(v.into()),
             _ => return Err(arg.unexpected()),
         }
     }
@@ -150,6 +165,18 @@ fn cmd_plan(a: &Args) -> Result<()> {
     Ok(())
 }
 
+fn cmd_encrypt(a: &Args) -> Result<()> {
+    let dev = a.device.as_deref().context("encrypt needs a DEVICE")?;
+    let pcrs = provision::parse_pcrs(a.pcrs.as_deref().context("encrypt needs --pcrs")?)?;
+    let tcti = a
+        .tcti
+        .clone()
+        .unwrap_or_else(|| "device:/dev/tpmrm0".into());
+    let e = provision::encrypt(dev, &tcti, &pcrs)?;
+    println!("{}", serde_json::to_string_pretty(&e)?);
+    Ok(())
+}
+
 fn cmd_run(a: &Args) -> Result<()> {
     let t = Instant::now();
     let i = load_inputs(a).context(NOTHING_CHANGED)?;
@@ -220,6 +247,10 @@ fn main() -> ExitCode {
         "plan" => {
             log::init(false, false);
             cmd_plan(&args)
+        }
+        "encrypt" => {
+            log::init(false, false);
+            cmd_encrypt(&args)
         }
         "version" => {
             println!("initrd-helper {}", env!("CARGO_PKG_VERSION"));

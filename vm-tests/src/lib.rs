@@ -101,6 +101,8 @@ pub struct BootOpts<'a> {
     pub echo: bool,
     /// Serial console on this terminal, until the guest powers off.
     pub interactive: bool,
+    /// A second virtio disk (the guest's /dev/vdb), writes enabled.
+    pub extra_disk: Option<&'a Path>,
 }
 
 impl<'a> BootOpts<'a> {
@@ -115,6 +117,7 @@ impl<'a> BootOpts<'a> {
             tpm_dir,
             echo: false,
             interactive: false,
+            extra_disk: None,
         }
     }
 }
@@ -210,6 +213,14 @@ fn qemu_command(a: &Artifacts, o: &BootOpts, console: &Path) -> Command {
     }
     if o.snapshot {
         c.arg("-snapshot");
+    }
+    if let Some(d) = o.extra_disk {
+        // Own drive options: -snapshot must not hide what the guest writes here.
+        let drive = format!(
+            "file={},if=virtio,format=raw,cache=unsafe,snapshot=off",
+            d.display()
+        );
+        c.args(["-drive", &drive]);
     }
     c
 }

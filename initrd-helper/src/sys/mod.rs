@@ -5,9 +5,11 @@ pub mod block;
 pub mod luks;
 pub mod mount;
 pub mod tpm;
-#[allow(dead_code)] // used at boot with the data-partition work (issue 3)
 pub mod tpm_seal;
 pub mod verity;
+
+#[cfg(test)]
+pub mod swtpm_test;
 
 use crate::facts::Facts;
 use std::path::Path;

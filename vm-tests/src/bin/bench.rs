@@ -9,7 +9,7 @@ use vm_tests::{boot, Artifacts, BootOpts, Scratch};
 fn step_times(console: &str) -> Vec<(String, f64)> {
     console
         .lines()
-        .filter(|l| l.contains("initrd-helper[") && !l.starts_with("IHJ"))
+        .filter(|l| l.contains("initrd-helper[") && !l.contains("IHJ "))
         .filter_map(|l| {
             let (head, tail) = l.split_once(" in ")?;
             let ms: f64 = tail.split_whitespace().next()?.parse().ok()?;

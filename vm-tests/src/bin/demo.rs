@@ -30,7 +30,7 @@ fn main() -> ExitCode {
     for l in b
         .lines_with("initrd-helper[")
         .iter()
-        .filter(|l| !l.starts_with("IHJ"))
+        .filter(|l| !l.contains("IHJ "))
     {
         println!("{l}");
     }

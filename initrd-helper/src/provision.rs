@@ -1,0 +1,130 @@
+//! `initrd-helper encrypt`: turns a provably blank device into LUKS2 sealed
+//! to the TPM2 (systemd-tpm2 token) with a recovery key. This is the
+//! encryption core of first-boot provisioning, also usable offline by image
+//! builders and by the VM tests.
+
+use crate::sys::{luks, tpm_seal};
+use crate::token;
+use anyhow::{bail, Context as _, Result};
+use serde::Serialize;
+use std::io::Read;
+use std::path::Path;
+use std::str::FromStr;
+
+/// How much of the device must be zero to count as blank: covers every
+/// superblock and partition-table location at the start of a device.
+const BLANK_PROBE: usize = 1 << 20;
+
+#[derive(Debug, Serialize)]
+pub struct Encrypted {
+    pub luks_uuid: String,
+    pub tpm_keyslot: u32,
+    pub recovery_keyslot: u32,
+    pub pcrs: Vec<u8>,
+    /// Handed out once, here, and never logged.
+    pub recovery_key: String,
+}
+
+/// True when the first MiB is all zero (no signature of any kind).
+pub fn is_blank(dev: &Path) -> Result<bool> {
+    let mut buf = vec![0u8; BLANK_PROBE];
+    let mut f = std::fs::File::open(dev).with_context(|| format!("opening {}", dev.display()))?;
+    let n = f
+        .read(&mut buf)
+        .with_context(|| format!("reading {}", dev.display()))?;
+    Ok(n > 0 && buf[..n].iter().all(|&b| b == 0))
+}
+
+/// Parses "7,16" into PCR indexes 0-23.
+pub fn parse_pcrs(s: &str) -> Result<Vec<u8>> {
+    let pcrs: Vec<u8> = s
+        .split(',')
+        .map(|p| p.trim().parse::<u8>().ok().filter(|&n| n < 24))
+        .collect::<Option<_>>()
+        .with_context(|| {
+            format!("invalid PCR list {s:?}: expected numbers 0-23 separated by commas")
+        })?;
+    if pcrs.is_empty() {
+        bail!("empty PCR list");
+    }
+    Ok(pcrs)
+}
+
+fn random32() -> Result<[u8; 32]> {
+    let mut b = [0u8; 32];
+    b[..16].copy_from_slice(&crate::sys::random16()?);
+    b[16..].copy_from_slice(&crate::sys::random16()?);
+    Ok(b)
+}
+
+pub fn encrypt(dev: &Path, tcti: &str, pcrs: &[u8]) -> Result<Encrypted> {
+    if !is_blank(dev)? {
+        bail!(
+            "{} is not blank (its first MiB is not all zero): refusing to encrypt it",
+            dev.display()
+        );
+    }
+    let conf = tss_esapi::tcti_ldr::TctiNameConf::from_str(tcti)
+        .with_context(|| format!("TCTI {tcti:?}"))?;
+    let mut ctx =
+        tss_esapi::Context::new(conf).with_context(|| format!("opening the TPM ({tcti})"))?;
+    let srk = tpm_seal::srk(&mut ctx).context("getting the storage root key")?;
+    let secret = random32()?;
+    let sealed =
+        tpm_seal::seal(&mut ctx, srk, pcrs, &secret).context("sealing the volume secret")?;
+    drop(ctx);
+    let blob = token::blob(&sealed.private, &sealed.public);
+    let recovery_key = token::recovery_key(&random32()?);
+    let passphrase = token::tpm_passphrase(&secret);
+    let e = luks::format_luks2(
+        dev,
+        passphrase.as_bytes(),
+        recovery_key.as_bytes(),
+        |slot| {
+            token::token_json(&token::TpmToken {
+                keyslot: slot,
+                blob: &blob,
+                pcrs,
+                policy_hash: &sealed.policy_hash,
+            })
+        },
+    )
+    .with_context(|| format!("formatting {} as LUKS2", dev.display()))?;
+    Ok(Encrypted {
+        luks_uuid: e.uuid,
+        tpm_keyslot: e.tpm_keyslot,
+        recovery_keyslot: e.recovery_keyslot,
+        pcrs: pcrs.to_vec(),
+        recovery_key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pcr_lists() {
+        assert_eq!(parse_pcrs("7").unwrap(), vec![7]);
+        assert_eq!(parse_pcrs("7, 16").unwrap(), vec![7, 16]);
+        for bad in ["", "24", "7,", "x", "-1"] {
+            assert!(parse_pcrs(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn blank_means_zero_first_mib() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.img");
+        std::fs::File::create(&p).unwrap().set_len(4 << 20).unwrap();
+        assert!(is_blank(&p).unwrap());
+        let mut img = vec![0u8; 4 << 20];
+        img[4096] = 1;
+        std::fs::write(&p, img).unwrap();
+        assert!(!is_blank(&p).unwrap());
+        assert!(encrypt(&p, "device:/nonexistent", &[7])
+            .unwrap_err()
+            .to_string()
+            .contains("not blank"));
+    }
+}

@@ -1,0 +1,123 @@
+//! TPM2 + LUKS2 interop in the guest: a volume enrolled by
+//! `initrd-helper encrypt` against the test's software TPM is unlocked by
+//! Debian 12's own cryptsetup (systemd's token plugin) and systemd-cryptsetup
+//! through /dev/tpmrm0, which the host cannot do (no kernel TPM there).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use vm_tests::{boot, Artifacts, BootOpts, Scratch};
+
+/// PCR 16 (debug): no firmware or kernel extends it, and swtpm's
+/// startup-clear resets it at each start, so the value sealed to on the host
+/// is the value the guest sees.
+const PCRS: &str = "16";
+
+fn helper_bin() -> PathBuf {
+    PathBuf::from(std::env::var("IH_HELPER_BIN").expect("IH_HELPER_BIN is set by `make test`"))
+}
+
+/// Enrolls `img` against the swtpm state in `tpm_dir` (the state the boot's
+/// swtpm will load). Returns the helper's JSON report.
+fn enroll(tpm_dir: &Path, img: &Path) -> serde_json::Value {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut tpm = Command::new("swtpm")
+        .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+        .arg("--tpmstate")
+        .arg(format!("dir={}", tpm_dir.display()))
+        .args([
+            "--server",
+            &format!("type=tcp,bindaddr=127.0.0.1,port={port}"),
+        ])
+        .args([
+            "--ctrl",
+            &format!("type=tcp,bindaddr=127.0.0.1,port={}", port + 1),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = Command::new(helper_bin())
+        .args([
+            "encrypt",
+            "--pcrs",
+            PCRS,
+            "--tcti",
+            &format!("swtpm:host=127.0.0.1,port={port}"),
+        ])
+        .arg(img)
+        .output()
+        .unwrap();
+    let _ = tpm.kill();
+    let _ = tpm.wait();
+    assert!(
+        out.status.success(),
+        "initrd-helper encrypt: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+#[ignore = "VM test: run through `make test`"]
+fn vm_systemd_cryptsetup_interop() {
+    let a = Artifacts::from_env();
+    let s = Scratch::new("systemd_cryptsetup_interop");
+    let img = s.0.join("data.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let e = enroll(&s.0, &img);
+    assert_eq!(e["pcrs"], serde_json::json!([16]));
+    assert_eq!(e["recovery_key"].as_str().map(str::len), Some(71));
+
+    let append = format!("ih_test.poweroff roothash={}", a.roothash("a"));
+    let opts = BootOpts {
+        append: &append,
+        extra_disk: Some(&img),
+        ..BootOpts::new("interop", &a.disk, &s.0)
+    };
+    let b = boot(&a, &opts);
+    b.check(b.reached, "the guest report never appeared");
+    b.check(
+        b.value("vdb_luks_token_type") == "\"systemd-tpm2\"",
+        "the guest's cryptsetup does not see our token",
+    );
+    b.check(
+        b.value("vdb_token_open") == "ok",
+        "cryptsetup --token-only (systemd-tpm2 plugin) did not unlock",
+    );
+    b.check(
+        b.value("vdb_systemd_cryptsetup") == "ok",
+        "systemd-cryptsetup tpm2-device=auto did not unlock",
+    );
+
+    // The recovery key handed out by `encrypt` opens it with plain cryptsetup.
+    let mut c = Command::new("cryptsetup")
+        .args(["luksOpen", "--test-passphrase", "--key-file=-"])
+        .arg(&img)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(e["recovery_key"].as_str().unwrap().as_bytes())
+        .unwrap();
+    assert!(
+        c.wait().unwrap().success(),
+        "the recovery key did not open the volume"
+    );
+}
