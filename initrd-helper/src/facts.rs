@@ -1,4 +1,4 @@
-//! Typed facts about the machine, gathered by `sys::gather` (or built by
+//! Typed facts about the machine, gathered by `sys::disks` and `sys::tpm` (or built by
 //! hand in tests) and consumed by the pure planner.
 
 use crate::gpt::{Gpt, Partition};

@@ -122,9 +122,17 @@ fn plan_with_wait(
     let deadline = Instant::now() + Duration::from_secs(i.cfg.devices.timeout_secs.into());
     let mut said = false;
     loop {
-        let facts = sys::gather(&i.root, images);
+        let disks = sys::disks(&i.root, images);
+        let mut facts = facts::Facts {
+            disks,
+            tpm: facts::TpmFacts::Absent,
+        };
         match plan::plan(&facts, &i.cmd, &i.cfg) {
-            Ok(p) => return Ok((p, facts)),
+            Ok(p) => {
+                // The plan does not depend on the TPM yet: probe it once, for the log.
+                facts.tpm = sys::tpm::probe(&i.root);
+                return Ok((p, facts));
+            }
             Err(e) if wait && e.may_resolve_by_waiting() && Instant::now() < deadline => {
                 if !said {
                     ::log::info!(

@@ -11,20 +11,17 @@ pub mod verity;
 #[cfg(test)]
 pub mod swtpm_test;
 
-use crate::facts::Facts;
+use crate::facts::DiskFacts;
 use std::path::Path;
 
-/// Gathers all facts under `root` (normally `/`; a fixture dir in tests).
-/// `images` replaces disk discovery with disk image files (for `plan`).
-pub fn gather(root: &Path, images: &[std::path::PathBuf]) -> Facts {
-    let disks = if images.is_empty() {
+/// The disks under `root` (normally `/`; a fixture dir in tests), or the
+/// given disk image files instead (for `plan --disk`). The TPM is probed
+/// separately (`tpm::probe`), once: callers rescan disks every 100 ms.
+pub fn disks(root: &Path, images: &[std::path::PathBuf]) -> Vec<DiskFacts> {
+    if images.is_empty() {
         block::scan(root)
     } else {
         images.iter().map(|p| block::disk_from_image(p)).collect()
-    };
-    Facts {
-        disks,
-        tpm: tpm::probe(root),
     }
 }
 
