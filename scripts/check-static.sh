@@ -16,11 +16,9 @@ INITRD_HELPER_TCTI="swtpm:host=127.0.0.1,port=$port" strace -f -e trace=openat,o
   "$bin" plan --json --disk "$disk" \
   --config "$(dirname "$0")/../vm-tests/config/initrd-helper.toml" --cmdline "" > "$dir/plan.json"
 grep -q '"manufacturer": "IBM"' "$dir/plan.json" || { cat "$dir/plan.json"; echo "check-static: TPM not reached" >&2; exit 1; }
-if grep -E '\.so(\.[0-9]+)*"' "$dir/trace" | grep -v ENOENT; then
-  echo "check-static: the binary opened shared objects (above)" >&2; exit 1
-fi
+# Even a failed attempt counts: on another host that file may exist.
 if grep -E '\.so(\.[0-9]+)*"' "$dir/trace"; then
-  echo "check-static: the binary tried to open shared objects (above)" >&2; exit 1
+  echo "check-static: the binary opened or tried to open shared objects (above)" >&2; exit 1
 fi
 size=$(stat -c %s "$bin")
 echo "check-static: ok: statically linked, no shared object opened, stripped size $size bytes ($(( size / 1024 )) KiB)"

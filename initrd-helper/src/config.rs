@@ -74,7 +74,7 @@ pub struct DevicesConfig {
     pub timeout_secs: u32,
     /// GPT disk GUID of the boot disk; the command line's
     /// `initrd_helper.disk=` takes precedence.
-    pub disk: Option<String>,
+    pub disk: Option<crate::guid::Guid>,
 }
 
 impl Default for DevicesConfig {
@@ -108,10 +108,6 @@ pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
 }
 
 fn validate(cfg: &Config) -> Result<(), String> {
-    if let Some(d) = &cfg.devices.disk {
-        d.parse::<crate::guid::Guid>()
-            .map_err(|e| format!("devices.disk = {d:?}: {e}"))?;
-    }
     for (name, p) in [
         ("root.mount_point", &cfg.root.mount_point),
         ("etc.state_dir", &cfg.etc.state_dir),

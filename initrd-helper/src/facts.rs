@@ -61,9 +61,6 @@ pub struct PartitionFacts {
     /// Device node (`/dev/vda2`), or the image file for `plan --disk`.
     pub dev: PathBuf,
     pub fs: Option<FsKind>,
-    /// UUID from the LUKS2 header (libcryptsetup), when `fs` is LUKS.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub luks_uuid: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -4,7 +4,7 @@
 //! problem (it selects the disk we write to), so only the canonical 8-4-4-4-12
 //! hex form is accepted; case is ignored.
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
 
@@ -94,6 +94,14 @@ impl fmt::Debug for Guid {
 impl Serialize for Guid {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Guid {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|e: GuidError| serde::de::Error::custom(format!("{s:?}: {e}")))
     }
 }
 

@@ -29,6 +29,8 @@ pub enum PlanError {
     NoBootableRoot(String),
     #[error("no roothash= on the kernel command line and root.unverified = \"refuse\": refusing to mount an unverified root (set root.unverified = \"mount-read-only\" for development images)")]
     UnverifiedRefused,
+    #[error("roothash={0} is not 32 to 64 bytes of hex")]
+    BadRootHash(String),
     #[error("the boot disk {disk} has no {what}")]
     MissingPartition { disk: String, what: String },
     #[error("{dev} ({what}) has partition type {found}, expected {expected}")]
@@ -324,7 +326,8 @@ fn plan_verity<'f>(
     wanted: Option<Guid>,
     roothash: &str,
 ) -> Result<DiskSteps<'f>, PlanError> {
-    let (du, hu) = derived_uuids(roothash).ok_or(PlanError::UnverifiedRefused)?;
+    let (du, hu) =
+        derived_uuids(roothash).ok_or_else(|| PlanError::BadRootHash(roothash.into()))?;
     let data_spec = cmd.verity_data.clone().unwrap_or(DeviceSpec::PartUuid(du));
     let hash_spec = cmd.verity_hash.clone().unwrap_or(DeviceSpec::PartUuid(hu));
     let data_what = spec_text(&data_spec, "the first 128 bits of roothash=");
@@ -387,9 +390,7 @@ fn plan_unverified<'f>(
 
 /// Turns facts, command line and config into the boot plan.
 pub fn plan(facts: &Facts, cmd: &Cmdline, cfg: &Config) -> Result<Plan, PlanError> {
-    let wanted = cmd
-        .disk
-        .or_else(|| cfg.devices.disk.as_deref().and_then(|d| d.parse().ok()));
+    let wanted = cmd.disk.or(cfg.devices.disk);
     let mut warnings = cmd.warnings.clone();
     let roothash = cmd.roothash.as_deref().filter(|_| cmd.verity);
     if cmd.roothash.is_some() && roothash.is_none() {
@@ -442,7 +443,6 @@ pub(crate) mod tests {
             },
             dev: PathBuf::from(format!("/dev/vda{n}")),
             fs,
-            luks_uuid: None,
         }
     }
 
@@ -587,7 +587,7 @@ pub(crate) mod tests {
     fn config_disk_applies_and_cmdline_wins() {
         let f = facts(vec![standard_disk("vda", 1), standard_disk("vdb", 2)]);
         let mut cfg = dev_cfg();
-        cfg.devices.disk = Some(Guid::from_bytes([1; 16]).to_string());
+        cfg.devices.disk = Some(Guid::from_bytes([1; 16]));
         assert_eq!(
             plan(&f, &Cmdline::default(), &cfg).unwrap().boot_disk,
             "vda"
@@ -693,6 +693,12 @@ pub(crate) mod tests {
         assert_eq!(d.to_string(), "11111111-1111-1111-1111-111111111111");
         assert_eq!(h.to_string(), "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa");
         assert!(derived_uuids("abcd").is_none());
+        let e = plan(
+            &facts(vec![verity_disk("vda", 1)]),
+            &with_hash("abcd"),
+            &Config::default(),
+        );
+        assert_eq!(e.unwrap_err(), PlanError::BadRootHash("abcd".into()));
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub fn scan(root: &Path) -> Vec<DiskFacts> {
         .filter(|n| root.join("dev").join(n).exists())
         .map(|n| {
             let nodes = partition_nodes(root, &class.join(&n));
-            read_disk(n.clone(), root.join("dev").join(&n), true, |num| {
+            read_disk(n.clone(), root.join("dev").join(&n), |num| {
                 nodes.get(&num).filter(|p| p.exists()).cloned()
             })
         })
@@ -63,7 +63,7 @@ pub fn scan(root: &Path) -> Vec<DiskFacts> {
 pub fn disk_from_image(path: &Path) -> DiskFacts {
     // Partitions of an image have no device node: they are named IMAGE#N.
     let p = path.to_path_buf();
-    read_disk(path.display().to_string(), p.clone(), false, |n| {
+    read_disk(path.display().to_string(), p.clone(), |n| {
         Some(PathBuf::from(format!("{}#{n}", p.display())))
     })
 }
@@ -75,14 +75,7 @@ fn probe_at(f: &mut File, offset: u64) -> Option<FsKind> {
     probe_fs(&buf)
 }
 
-/// `devices`: partitions are real block devices (libcryptsetup can open
-/// them), not offsets into an image file.
-fn read_disk(
-    name: String,
-    dev: PathBuf,
-    devices: bool,
-    node: impl Fn(u32) -> Option<PathBuf>,
-) -> DiskFacts {
+fn read_disk(name: String, dev: PathBuf, node: impl Fn(u32) -> Option<PathBuf>) -> DiskFacts {
     let mut facts = DiskFacts {
         name,
         dev: dev.clone(),
@@ -105,18 +98,10 @@ fn read_disk(
                 // caller's bounded wait rescans.
                 let Some(pdev) = node(p.number) else { continue };
                 let fs = probe_at(&mut f, p.offset(t.sector_size));
-                let luks_uuid = (devices && fs == Some(FsKind::Luks))
-                    .then(|| {
-                        super::luks::luks2_uuid(&pdev)
-                            .map_err(|e| log::debug!("{e}"))
-                            .ok()
-                    })
-                    .flatten();
                 facts.partitions.push(PartitionFacts {
                     gpt: p.clone(),
                     dev: pdev,
                     fs,
-                    luks_uuid,
                 });
             }
             facts.table = Ok(t);

@@ -104,19 +104,27 @@ pub fn pcr_selection(pcrs: &[u8]) -> TpmResult<PcrSelectionList> {
 }
 
 /// A session salted with the SRK, encrypting command and response parameters.
+/// An sha256 session of `kind`, salted with `salt_key` when given.
+fn start(
+    ctx: &mut Context,
+    salt_key: Option<KeyHandle>,
+    kind: SessionType,
+) -> TpmResult<AuthSession> {
+    ctx.start_auth_session(
+        salt_key,
+        None,
+        None,
+        kind,
+        SymmetricDefinition::AES_128_CFB,
+        HashingAlgorithm::Sha256,
+    )?
+    .ok_or(tss_esapi::Error::WrapperError(
+        tss_esapi::WrapperErrorKind::WrongValueFromTpm,
+    ))
+}
+
 fn salted(ctx: &mut Context, srk: KeyHandle, kind: SessionType) -> TpmResult<AuthSession> {
-    let s = ctx
-        .start_auth_session(
-            Some(srk),
-            None,
-            None,
-            kind,
-            SymmetricDefinition::AES_128_CFB,
-            HashingAlgorithm::Sha256,
-        )?
-        .ok_or(tss_esapi::Error::WrapperError(
-            tss_esapi::WrapperErrorKind::WrongValueFromTpm,
-        ))?;
+    let s = start(ctx, Some(srk), kind)?;
     let (attrs, mask) = SessionAttributesBuilder::new()
         .with_decrypt(true)
         .with_encrypt(true)
@@ -128,18 +136,7 @@ fn salted(ctx: &mut Context, srk: KeyHandle, kind: SessionType) -> TpmResult<Aut
 
 /// The policy digest of PolicyPCR over the PCRs' current values.
 fn policy_digest(ctx: &mut Context, pcrs: &PcrSelectionList) -> TpmResult<Digest> {
-    let trial = ctx
-        .start_auth_session(
-            None,
-            None,
-            None,
-            SessionType::Trial,
-            SymmetricDefinition::AES_128_CFB,
-            HashingAlgorithm::Sha256,
-        )?
-        .ok_or(tss_esapi::Error::WrapperError(
-            tss_esapi::WrapperErrorKind::WrongValueFromTpm,
-        ))?;
+    let trial = start(ctx, None, SessionType::Trial)?;
     let session = PolicySession::try_from(trial)?;
     let result = ctx
         .execute_without_session(|c| c.policy_pcr(session, Digest::default(), pcrs.clone()))
