@@ -5,6 +5,7 @@ export IH_CACHE ?= $(CURDIR)/.cache
 CARGO := scripts/cargo-static
 BIN := target/x86_64-unknown-linux-gnu/release/initrd-helper
 VM_DIR = $(IH_CACHE)/vm/current
+VIRT_FW_VARS = $(wildcard $(IH_CACHE)/venv-*/bin/virt-fw-vars)
 
 .PHONY: all deps static build lint unit images check-static vm test demo bench clean
 
@@ -33,7 +34,7 @@ check-static: images
 	scripts/check-static.sh $(BIN) $(VM_DIR)/disk.img
 
 vm: images
-	IH_VM_DIR=$(VM_DIR) IH_HELPER_BIN=$(CURDIR)/$(BIN) $(CARGO) test --locked -p vm-tests --tests -- --ignored --test-threads=1
+	IH_VM_DIR=$(VM_DIR) IH_HELPER_BIN=$(CURDIR)/$(BIN) IH_VIRT_FW_VARS=$(VIRT_FW_VARS) $(CARGO) test --locked -p vm-tests --tests -- --ignored --test-threads=1
 
 # Everything CI runs: lint, unit tests, the static-binary check, VM scenarios.
 # Ends with one "N passed, N failed" line counted over every test run.

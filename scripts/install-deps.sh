@@ -18,11 +18,24 @@ PKGS=(
   libtss2-esys-3.0.2-0 libtss2-mu0 libtss2-rc0 libtss2-tcti-swtpm0
   # VM tests and the demo
   qemu-system-x86 swtpm swtpm-tools mmdebstrap fdisk e2fsprogs cryptsetup-bin
-  dosfstools erofs-utils squashfs-tools ovmf
+  dosfstools erofs-utils squashfs-tools ovmf python3-venv
 )
+# virt-fw-vars edits OVMF variable stores (the dbx update of the TPM
+# mismatch scenario); not packaged for bookworm, so from PyPI, pinned.
+VIRT_FIRMWARE="virt-firmware==26.10"
+
+venv() {
+  local v="$cache/venv-${VIRT_FIRMWARE//[=.]/-}"
+  if [ ! -x "$v/bin/virt-fw-vars" ]; then
+    rm -rf "$v"
+    python3 -m venv "$v"
+    "$v/bin/pip" install -q "$VIRT_FIRMWARE"
+  fi
+}
+
 key=$(printf '%s\n' "${PKGS[@]}" | sha256sum | cut -c1-16)
 stamp="$cache/apt-$key.stamp"
-[ -e "$stamp" ] && exit 0
+if [ -e "$stamp" ]; then venv; exit 0; fi
 
 export DEBIAN_FRONTEND=noninteractive
 # Source entries: the static build unpacks cryptsetup and lvm2 (bookworm) and
@@ -37,3 +50,4 @@ SRC
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${PKGS[@]}" >/dev/null
 touch "$stamp"
+venv

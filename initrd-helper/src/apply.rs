@@ -2,6 +2,7 @@
 //! effect already holds (a re-run after a crash or a unit restart skips it),
 //! and logs one line with its outcome and duration.
 
+use crate::data;
 use crate::machine_id;
 use crate::mountinfo;
 use crate::plan::{MachineIdSource, Plan, Step};
@@ -19,6 +20,8 @@ const MACHINE_ID_RECORD: &str = "/run/initrd-helper/machine-id";
 enum Outcome {
     Done,
     Skipped(String),
+    /// Done, and what was done differs from the plan's description.
+    Did(String),
 }
 
 fn read_signature(sig: &Signature) -> Result<Vec<u8>> {
@@ -104,11 +107,27 @@ fn etc_overlay(target: &str, state_dir: &str, upper: &str, work: &str) -> Result
     Ok(Outcome::Done)
 }
 
+/// The ID kept on the data partition, made (and stored) when there is none.
+fn persisted_machine_id(file: &str) -> Result<String> {
+    if let Ok(s) = std::fs::read_to_string(file) {
+        if machine_id::is_valid(s.trim()) {
+            return Ok(s.trim().to_string());
+        }
+        log::warn!("{file} holds no valid machine ID; making a new one");
+    }
+    let id = machine_id::from_random(sys::random16().context("reading random bytes")?);
+    machine_id::write(Path::new(file), &format!("{id}\n"))
+        .with_context(|| format!("storing the machine ID in {file}"))?;
+    log::info!("machine-id: made {id} and stored it in {file}");
+    Ok(id)
+}
+
 fn write_machine_id(path: &str, source: &MachineIdSource) -> Result<Outcome> {
     let recorded = std::fs::read_to_string(MACHINE_ID_RECORD).ok();
     let current = std::fs::read_to_string(path).ok();
     let id = match source {
         MachineIdSource::KernelCommandLine(id) => id.clone(),
+        MachineIdSource::Persisted(file) => persisted_machine_id(file)?,
         MachineIdSource::Random => match (&recorded, &current) {
             (Some(r), Some(c)) if r == c && machine_id::is_valid(r.trim()) => {
                 return Ok(Outcome::Skipped(
@@ -148,6 +167,32 @@ fn apply_step(step: &Step) -> Result<Outcome> {
             work,
         } => etc_overlay(target, state_dir, upper, work),
         Step::MachineId { path, source } => write_machine_id(path, source),
+        Step::Data {
+            disk,
+            number,
+            dev,
+            encryption,
+            pcrs,
+            grow,
+            name,
+            target,
+            action,
+            reset,
+            mkfs_options,
+        } => data::run(&data::Data {
+            disk,
+            number: *number,
+            dev,
+            encryption: *encryption,
+            pcrs,
+            grow: *grow,
+            name,
+            target,
+            action,
+            reset: reset.as_deref(),
+            mkfs_options,
+        })
+        .map(Outcome::Did),
     }
 }
 
@@ -166,6 +211,7 @@ pub fn apply(plan: &Plan) -> Result<()> {
             Outcome::Skipped(why) => {
                 log::info!("step {}: skipped in {ms:.1} ms ({why})", step.name())
             }
+            Outcome::Did(what) => log::info!("step {}: done in {ms:.1} ms: {what}", step.name()),
         }
     }
     Ok(())

@@ -59,6 +59,9 @@ pub struct Cmdline {
     pub machine_id: Option<String>,
     /// `systemd.factory_reset=`: explicit request to wipe the data partition.
     pub factory_reset: bool,
+    /// `initrd_helper.factory_reset=ID`: a reset request with its own ID
+    /// (one reset per distinct ID).
+    pub factory_reset_id: Option<String>,
     /// `initrd_helper.disk=`: GPT disk GUID of the boot disk.
     pub disk: Option<Guid>,
     /// `initrd_helper.debug`: log debug lines too.
@@ -156,6 +159,7 @@ impl Default for Cmdline {
             verity_options: VerityOptions::default(),
             machine_id: None,
             factory_reset: false,
+            factory_reset_id: None,
             disk: None,
             debug: false,
             warnings: Vec::new(),
@@ -220,9 +224,36 @@ impl Cmdline {
                 self.disk = Some(g);
             }
             "debug" => self.debug = self.bool_opt(key, v).unwrap_or(self.debug),
+            "factory_reset" => {
+                let ok = |id: &&str| {
+                    !id.is_empty()
+                        && id.len() <= 64
+                        && id
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c))
+                };
+                let id = v.filter(ok).ok_or_else(|| {
+                    refuse(key, v, "expected a request ID: 1-64 of A-Z a-z 0-9 . _ : -")
+                })?;
+                self.factory_reset_id = Some(id.to_string());
+            }
             _ => self.warn(key, v, "unknown option"),
         }
         Ok(())
+    }
+}
+
+impl Cmdline {
+    /// The ID of a factory reset request, or `None` when none is made. Our
+    /// own flag's ID wins; `systemd.factory_reset=1` has a fixed ID. A reset
+    /// is done when the ID differs from the last one done, and a boot
+    /// without a request forgets that one (see README "Factory reset").
+    pub fn factory_reset_request(&self) -> Option<String> {
+        match (&self.factory_reset_id, self.factory_reset) {
+            (Some(id), _) => Some(format!("id:{id}")),
+            (None, true) => Some("systemd.factory_reset".into()),
+            (None, false) => None,
+        }
     }
 }
 
@@ -350,5 +381,28 @@ mod tests {
     fn foreign_options_are_ignored() {
         let c = parse("console=ttyS0 root=/dev/sda ro rd.shell=0 init=/bin/sh").unwrap();
         assert_eq!(c, Cmdline::default());
+    }
+
+    #[test]
+    fn reset_requests_carry_an_id() {
+        assert_eq!(parse("quiet").unwrap().factory_reset_request(), None);
+        assert_eq!(
+            parse("quiet systemd.factory_reset=1")
+                .unwrap()
+                .factory_reset_request()
+                .as_deref(),
+            Some("systemd.factory_reset")
+        );
+        let c = parse("systemd.factory_reset=0 initrd_helper.factory_reset=2026-11-23.1").unwrap();
+        assert_eq!(
+            c.factory_reset_request().as_deref(),
+            Some("id:2026-11-23.1")
+        );
+        for bad in [
+            "initrd_helper.factory_reset",
+            "initrd_helper.factory_reset=a/b",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -86,12 +86,64 @@ impl Default for DevicesConfig {
     }
 }
 
+/// How the data partition is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encryption {
+    /// LUKS2 with a TPM2-sealed keyslot and a recovery keyslot.
+    #[default]
+    Tpm2,
+    /// A plain file system (no TPM needed; the data is readable by anyone
+    /// holding the disk).
+    None,
+}
+
+/// PCR 7 (Secure Boot policy) as systemd <= 257 defaulted to: it survives
+/// kernel and initrd updates; firmware/dbx updates change it, and then the
+/// recovery key opens the volume (README "TPM policy").
+pub const DEFAULT_PCRS: [u8; 1] = [7];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Provision and mount the data partition (the boot disk's partition of
+    /// type `partition_type`). `false`: the helper never touches it.
+    pub enabled: bool,
+    /// DPS type GUID of the data partition (default: `var`).
+    pub partition_type: crate::guid::Guid,
+    /// `tpm2` (default) or `none`.
+    pub encryption: Encryption,
+    /// PCRs (sha256 bank) the volume secret is sealed to.
+    pub pcrs: Vec<u8>,
+    /// Grow the partition to the end of the disk on first boot.
+    pub grow: bool,
+    /// Where the data file system is mounted inside the root.
+    pub mount_point: String,
+    /// Extra mkfs.ext4 options (first boot and after a factory reset only).
+    pub mkfs_options: Vec<String>,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            enabled: true,
+            partition_type: crate::dps::VAR,
+            encryption: Encryption::Tpm2,
+            pcrs: DEFAULT_PCRS.to_vec(),
+            grow: true,
+            mount_point: "/var".into(),
+            mkfs_options: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub root: RootConfig,
     pub etc: EtcConfig,
     pub devices: DevicesConfig,
+    pub data: DataConfig,
 }
 
 /// Parses config text; `path` is only used in error messages.
@@ -111,10 +163,17 @@ fn validate(cfg: &Config) -> Result<(), String> {
     for (name, p) in [
         ("root.mount_point", &cfg.root.mount_point),
         ("etc.state_dir", &cfg.etc.state_dir),
+        ("data.mount_point", &cfg.data.mount_point),
     ] {
         if !p.starts_with('/') {
             return Err(format!("{name} = {p:?}: must be an absolute path"));
         }
+    }
+    let pcrs = &cfg.data.pcrs;
+    if pcrs.is_empty() || pcrs.iter().any(|&p| p > 23) {
+        return Err(format!(
+            "data.pcrs = {pcrs:?}: expected 1 to 24 PCR numbers 0-23"
+        ));
     }
     Ok(())
 }
@@ -154,6 +213,15 @@ mod tests {
         assert_eq!(c.devices.timeout_secs, 5);
         assert!(!c.etc.overlay);
         assert_eq!(c.root.mount_point, "/sysroot");
+        let d = parse(
+            "[data]\nencryption = \"none\"\npcrs = [0, 7]\n\
+             partition_type = \"0fc63daf-8483-4772-8e79-3d69d8477de4\"\n",
+            "x",
+        )
+        .unwrap()
+        .data;
+        assert_eq!((d.encryption, d.pcrs), (Encryption::None, vec![0, 7]));
+        assert_eq!(d.partition_type, crate::dps::LINUX_GENERIC);
     }
 
     #[test]
@@ -165,6 +233,10 @@ mod tests {
             "[devices]\ntimeout_secs = -1\n",
             "[devices]\ndisk = \"banana\"\n",
             "[etc]\nstate_dir = \"relative\"\n",
+            "[data]\npcrs = []\n",
+            "[data]\npcrs = [24]\n",
+            "[data]\nencryption = \"luks1\"\n",
+            "[data]\nmount_point = \"var\"\n",
             "not toml at all [",
         ] {
             let e = parse(bad, "cfg.toml").unwrap_err();

@@ -68,7 +68,6 @@ impl Partition {
     pub fn offset(&self, sector_size: u64) -> u64 {
         self.first_lba * sector_size
     }
-    #[cfg(test)]
     pub fn size(&self, sector_size: u64) -> u64 {
         (self.last_lba + 1 - self.first_lba) * sector_size
     }

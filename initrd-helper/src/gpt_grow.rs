@@ -11,7 +11,7 @@
 
 use crate::gpt::Gpt;
 use crate::guid::Guid;
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 
 /// Partition ends are aligned to 1 MiB, as partitioning tools do.
 const ALIGN_BYTES: u64 = 1 << 20;
@@ -25,6 +25,7 @@ const HDR_ENTRIES_CRC: usize = 88;
 /// Offsets inside a partition entry.
 const ENT_UUID: usize = 16;
 const ENT_LAST_LBA: usize = 40;
+const ENT_ATTRS: usize = 48;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum GrowError {
@@ -41,6 +42,8 @@ pub struct Grow {
     pub old_last_lba: u64,
     pub new_last_lba: u64,
     pub new_uuid: Guid,
+    /// The entry's attribute bits after the edit.
+    pub attributes: u64,
     /// The disk's last LBA: where the backup header goes.
     pub disk_last_lba: u64,
     pub new_last_usable_lba: u64,
@@ -52,34 +55,82 @@ fn entries_sectors(gpt: &Gpt) -> u64 {
 
 /// What growing partition `number` to the end of a `dev_size`-byte disk
 /// would change; `None` when it already ends there (idempotent).
+/// (The boot path uses `plan_edit`, which also sets the in-progress bit.)
+#[cfg(test)]
 pub fn plan_grow(
     gpt: &Gpt,
     dev_size: u64,
     number: u32,
     new_uuid: Guid,
 ) -> Result<Option<Grow>, GrowError> {
-    let p = gpt
-        .partitions
+    let attrs = entry(gpt, number)?.attributes;
+    let g = plan_edit(gpt, dev_size, number, true, Some(new_uuid), attrs)?;
+    // A fresh UUID alone is no reason to rewrite a grown table.
+    Ok(g.filter(|g| {
+        g.new_last_lba != g.old_last_lba || g.disk_last_lba != gpt.alternate_lba || gpt.used_backup
+    }))
+}
+
+fn entry(gpt: &Gpt, number: u32) -> Result<&crate::gpt::Partition, GrowError> {
+    gpt.partitions
         .iter()
         .find(|p| p.number == number)
-        .ok_or(GrowError::NoSuchPartition(number))?;
-    if gpt.partitions.iter().any(|o| o.first_lba > p.first_lba) {
-        return Err(GrowError::NotLast(number));
-    }
+        .ok_or(GrowError::NoSuchPartition(number))
+}
+
+/// An edit of entry `number`: grown to the disk's end (when `grow`), a new
+/// UUID (when given) and new attribute bits. `None` when the entry and the
+/// table position already are as asked (idempotent).
+pub fn plan_edit(
+    gpt: &Gpt,
+    dev_size: u64,
+    number: u32,
+    grow: bool,
+    new_uuid: Option<Guid>,
+    attributes: u64,
+) -> Result<Option<Grow>, GrowError> {
+    let p = entry(gpt, number)?;
     let ss = gpt.sector_size;
-    let disk_last = dev_size / ss - 1;
-    let last_usable = disk_last - entries_sectors(gpt) - 1;
-    let align = (ALIGN_BYTES / ss).max(1);
-    let new_last = (last_usable + 1) / align * align - 1;
-    let table_at_end = gpt.alternate_lba == disk_last && !gpt.used_backup;
-    if new_last <= p.last_lba && table_at_end {
+    let (disk_last, last_usable, new_last) = if grow {
+        if gpt.partitions.iter().any(|o| o.first_lba > p.first_lba) {
+            return Err(GrowError::NotLast(number));
+        }
+        let disk_last = dev_size / ss - 1;
+        let last_usable = disk_last - entries_sectors(gpt) - 1;
+        let align = (ALIGN_BYTES / ss).max(1);
+        let new_last = (last_usable + 1) / align * align - 1;
+        (disk_last, last_usable, new_last.max(p.last_lba))
+    } else {
+        // The backup stays where it is (its header's own LBA).
+        let at = if gpt.used_backup {
+            HDR_CURRENT
+        } else {
+            HDR_ALTERNATE
+        };
+        let backup = gpt
+            .raw
+            .header
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(gpt.alternate_lba);
+        (backup, gpt.last_usable_lba, p.last_lba)
+    };
+    let uuid = new_uuid.unwrap_or(p.uuid);
+    let unchanged = new_last == p.last_lba
+        && uuid == p.uuid
+        && attributes == p.attributes
+        && disk_last == gpt.alternate_lba
+        && !gpt.used_backup;
+    if unchanged {
         return Ok(None);
     }
     Ok(Some(Grow {
         number,
         old_last_lba: p.last_lba,
-        new_last_lba: new_last.max(p.last_lba),
-        new_uuid,
+        new_last_lba: new_last,
+        new_uuid: uuid,
+        attributes,
         disk_last_lba: disk_last,
         new_last_usable_lba: last_usable,
     }))
@@ -98,6 +149,7 @@ fn grown_entries(gpt: &Gpt, g: &Grow) -> Vec<u8> {
     let size = gpt.raw.entry_size as usize;
     let at = (g.number as usize - 1) * size;
     put_u64(&mut e, at + ENT_LAST_LBA, g.new_last_lba);
+    put_u64(&mut e, at + ENT_ATTRS, g.attributes);
     e[at + ENT_UUID..at + ENT_UUID + 16].copy_from_slice(&g.new_uuid.to_gpt_bytes());
     e
 }
@@ -143,20 +195,38 @@ pub(crate) fn write_backup<F: Write + Seek>(f: &mut F, gpt: &Gpt, g: &Grow) -> i
     f.flush()
 }
 
+/// The protective MBR's one partition (type 0xEE) covers the disk: after a
+/// move of the backup header, its size must follow (fdisk warns otherwise).
+fn fix_protective_mbr<F: Read + Write + Seek>(f: &mut F, disk_last_lba: u64) -> io::Result<()> {
+    let mut mbr = [0u8; 512];
+    f.seek(SeekFrom::Start(0))?;
+    f.read_exact(&mut mbr)?;
+    if mbr[510..512] != [0x55, 0xAA] || mbr[446 + 4] != 0xEE {
+        return Ok(()); // hybrid or no MBR: not ours to touch
+    }
+    let size = disk_last_lba.min(u32::MAX as u64) as u32;
+    write_at(f, 446 + 12, &size.to_le_bytes())
+}
+
 /// The primary table (step 2 of 2).
-pub(crate) fn write_primary<F: Write + Seek>(f: &mut F, gpt: &Gpt, g: &Grow) -> io::Result<()> {
+pub(crate) fn write_primary<F: Read + Write + Seek>(
+    f: &mut F,
+    gpt: &Gpt,
+    g: &Grow,
+) -> io::Result<()> {
     let ss = gpt.sector_size;
     let entries = grown_entries(gpt, g);
     let crc = crc32fast::hash(&entries);
     let lba = gpt.raw.primary_entries_lba;
     write_at(f, lba * ss, &entries)?;
     write_at(f, ss, &header(gpt, g, 1, g.disk_last_lba, lba, crc))?;
+    fix_protective_mbr(f, g.disk_last_lba)?;
     f.flush()
 }
 
 /// Writes the grown table. The caller syncs the device afterwards and makes
 /// the kernel re-read the partition (that is `sys/` work).
-pub fn write_grow<F: Write + Seek>(f: &mut F, gpt: &Gpt, g: &Grow) -> io::Result<()> {
+pub fn write_grow<F: Read + Write + Seek>(f: &mut F, gpt: &Gpt, g: &Grow) -> io::Result<()> {
     write_backup(f, gpt, g)?;
     write_primary(f, gpt, g)
 }
@@ -256,6 +326,38 @@ mod tests {
     }
 
     #[test]
+    fn attribute_edits_keep_size_and_table_position() {
+        let mut c = flashed();
+        let t = gpt::read(&mut c).unwrap();
+        let size = c.get_ref().len() as u64;
+        let g = plan_edit(&t, size, 2, false, None, 1 << 55)
+            .unwrap()
+            .unwrap();
+        write_grow(&mut c, &t, &g).unwrap();
+        let t2 = gpt::read(&mut c).unwrap();
+        assert_eq!(t2.partitions[1].attributes, 1 << 55);
+        assert_eq!(t2.partitions[1].last_lba, 6143);
+        assert_eq!(t2.alternate_lba, t.alternate_lba, "backup not moved");
+        assert_eq!(t2.partitions[1].uuid, Guid::from_bytes([2; 16]));
+        assert_eq!(plan_edit(&t2, size, 2, false, None, 1 << 55).unwrap(), None);
+        // Grow + fresh UUID + flag in one write, then clear the flag.
+        let g = plan_edit(&t2, size, 2, true, Some(NEW_UUID), 1 << 55)
+            .unwrap()
+            .unwrap();
+        write_grow(&mut c, &t2, &g).unwrap();
+        let t3 = gpt::read(&mut c).unwrap();
+        assert_eq!(
+            (t3.partitions[1].last_lba, t3.partitions[1].uuid),
+            (63487, NEW_UUID)
+        );
+        let g = plan_edit(&t3, size, 2, true, None, 0).unwrap().unwrap();
+        write_grow(&mut c, &t3, &g).unwrap();
+        let t4 = gpt::read(&mut c).unwrap();
+        assert_eq!(t4.partitions[1].attributes, 0);
+        assert_eq!(t4.alternate_lba, 65535);
+    }
+
+    #[test]
     fn only_the_last_partition_grows() {
         let mut c = flashed();
         let t = gpt::read(&mut c).unwrap();
@@ -315,6 +417,7 @@ mod tests {
             + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{text}");
         assert!(!text.to_lowercase().contains("problem"), "{text}");
+        assert!(!text.contains("PMBR size mismatch"), "{text}");
         let dump = Command::new("sfdisk")
             .arg("-d")
             .arg(&path)

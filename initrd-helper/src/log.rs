@@ -46,9 +46,11 @@ pub fn format_record(level: Level, pid: u32, msg: &str) -> String {
 
 impl Log for Logger {
     fn enabled(&self, m: &Metadata) -> bool {
-        // Libraries (tss-esapi logs "Closing context." at info) only at warn+.
+        // Libraries only with initrd_helper.debug: tss-esapi logs expected
+        // conditions as errors (a missing persistent SRK before we create
+        // it), and our own error lines carry a library's cause already.
         let ours = m.target().starts_with("initrd_helper");
-        m.level() <= if ours { self.level } else { LevelFilter::Warn }
+        m.level() <= self.level && (ours || self.level == LevelFilter::Debug)
     }
 
     fn log(&self, r: &Record) {

@@ -7,10 +7,10 @@ mod apply;
 mod b64;
 mod cmdline;
 mod config;
+mod data;
 mod dps;
 mod facts;
 mod gpt;
-#[allow(dead_code)] // wired into boot with the data-partition work (issue 3)
 mod gpt_grow;
 mod guid;
 mod hex;
@@ -121,18 +121,21 @@ fn plan_with_wait(
 ) -> Result<(plan::Plan, facts::Facts)> {
     let deadline = Instant::now() + Duration::from_secs(i.cfg.devices.timeout_secs.into());
     let mut said = false;
+    let probe_type = i.cfg.data.enabled.then_some(i.cfg.data.partition_type);
+    let mut tpm = facts::TpmFacts::Absent;
     loop {
-        let disks = sys::disks(&i.root, images);
-        let mut facts = facts::Facts {
+        let disks = sys::disks(&i.root, images, probe_type);
+        // A TPM found once stays found; an absent one is looked for again
+        // (its driver may load after the disk's), which is cheap.
+        if !matches!(tpm, facts::TpmFacts::Present { .. }) {
+            tpm = sys::tpm::probe(&i.root);
+        }
+        let facts = facts::Facts {
             disks,
-            tpm: facts::TpmFacts::Absent,
+            tpm: tpm.clone(),
         };
         match plan::plan(&facts, &i.cmd, &i.cfg) {
-            Ok(p) => {
-                // The plan does not depend on the TPM yet: probe it once, for the log.
-                facts.tpm = sys::tpm::probe(&i.root);
-                return Ok((p, facts));
-            }
+            Ok(p) => return Ok((p, facts)),
             Err(e) if wait && e.may_resolve_by_waiting() && Instant::now() < deadline => {
                 if !said {
                     ::log::info!(
@@ -207,10 +210,23 @@ fn cmd_run(a: &Args) -> Result<()> {
     }
     apply::apply(&p)?;
     ::log::info!(
-        "all steps done in {:.1} ms",
-        t.elapsed().as_secs_f64() * 1000.0
+        "all steps done in {:.1} ms (peak RSS {} KiB)",
+        t.elapsed().as_secs_f64() * 1000.0,
+        peak_rss_kib()
     );
     Ok(())
+}
+
+/// The helper's peak resident set size (VmHWM), for the figures.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Errors end in one line that says what failed and that nothing on disk

@@ -4,10 +4,11 @@
 //! which slot, what to refuse) is unit-tested with plain values.
 
 use crate::cmdline::{Cmdline, DeviceSpec};
-use crate::config::{Config, Unverified};
+use crate::config::{Config, Encryption, Unverified};
 use crate::dps;
-use crate::facts::{DiskFacts, Facts, PartitionFacts};
+use crate::facts::{DiskFacts, Facts, PartitionFacts, TpmFacts};
 use crate::guid::Guid;
+use crate::sys::blkid::Signature;
 use crate::verity::VerityOptions;
 use serde::Serialize;
 use std::cmp::Ordering;
@@ -44,6 +45,30 @@ pub enum PlanError {
         "root partition {dev} ({label:?}) holds no supported file system (ext4, erofs, squashfs)"
     )]
     NoRootFs { dev: String, label: String },
+    #[error("the boot disk {disk} has several data partitions of type {kind} ({}); refusing to guess", .parts.join(", "))]
+    AmbiguousData {
+        disk: String,
+        kind: &'static str,
+        parts: Vec<String>,
+    },
+    #[error("data partition {dev} holds {found}, not {expected}: refusing to format it (it may hold someone's data). To start it over, boot once with systemd.factory_reset=1")]
+    DataNotOurs {
+        dev: String,
+        found: String,
+        expected: &'static str,
+    },
+    #[error(
+        "data partition {dev} could not be probed for signatures ({error}): refusing to touch it"
+    )]
+    DataUnprobed { dev: String, error: String },
+    #[error("no usable TPM2 ({tpm}): refusing to provision the data partition {dev} without encryption (data.encryption = \"tpm2\"); nothing was changed. Machines without a TPM need data.encryption = \"none\"")]
+    NoTpmToProvision { dev: String, tpm: String },
+    #[error("no usable TPM2 ({tpm}): cannot unlock the data volume {dev}; nothing was changed. From the emergency shell: `cryptsetup open {dev} {name}` with the recovery key, then `systemctl restart initrd-helper`")]
+    NoTpmToUnlock {
+        dev: String,
+        name: String,
+        tpm: String,
+    },
 }
 
 fn searched_text(disks: &[String]) -> String {
@@ -62,6 +87,8 @@ impl PlanError {
             PlanError::NoDisk { .. }
                 | PlanError::DiskNotFound(_)
                 | PlanError::MissingPartition { .. }
+                | PlanError::NoTpmToProvision { .. }
+                | PlanError::NoTpmToUnlock { .. }
         )
     }
 }
@@ -74,7 +101,28 @@ pub enum MachineIdSource {
     Random,
     /// `systemd.machine_id=` on the command line.
     KernelCommandLine(String),
+    /// Kept in this file on the data partition: read it, or make a random
+    /// one and store it there (first boot, and after a factory reset).
+    Persisted(String),
 }
+
+/// What the data step does with the partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", content = "why", rename_all = "kebab-case")]
+pub enum DataAction {
+    /// Format from scratch: proven blank, our in-progress mark, or a reset.
+    Provision(String),
+    /// Unlock (tpm2) and mount what is there; never formats.
+    Open,
+}
+
+/// GPT attribute bit the helper sets on the data partition while it
+/// provisions it (DPS leaves bits 48-58 unassigned for `var`): a partition
+/// carrying it holds nothing but our own unfinished first boot.
+pub const IN_PROGRESS_BIT: u64 = 1 << 55;
+
+/// Name of the data volume under /dev/mapper.
+pub const DATA_NAME: &str = "data";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "step", rename_all = "kebab-case")]
@@ -104,6 +152,26 @@ pub enum Step {
         upper: String,
         work: String,
     },
+    /// The data partition: grow + format on first boot, unlock and mount on
+    /// every boot, cryptographic erase on a factory reset.
+    Data {
+        /// The whole boot disk (GPT edits, BLKPG).
+        disk: PathBuf,
+        number: u32,
+        dev: PathBuf,
+        encryption: Encryption,
+        pcrs: Vec<u8>,
+        /// Grow to the disk's end when provisioning (last partition only).
+        grow: bool,
+        /// /dev/mapper name (tpm2).
+        name: String,
+        /// Mount point inside the root (e.g. /sysroot/var).
+        target: String,
+        action: DataAction,
+        /// A factory reset request's ID (done once per ID: see README).
+        reset: Option<String>,
+        mkfs_options: Vec<String>,
+    },
     /// Write /etc/machine-id into the (writable) /etc.
     MachineId {
         path: String,
@@ -117,6 +185,7 @@ impl Step {
         match self {
             Step::ActivateVerity { .. } => "verity",
             Step::MountRoot { .. } => "mount-root",
+            Step::Data { .. } => "data",
             Step::EtcOverlay { .. } => "etc-overlay",
             Step::MachineId { .. } => "machine-id",
         }
@@ -160,8 +229,40 @@ impl Step {
             Step::EtcOverlay { target, upper, .. } => {
                 format!("overlay {target} (lower: image, upper: tmpfs {upper})")
             }
+            Step::Data {
+                dev,
+                encryption,
+                target,
+                action,
+                reset,
+                pcrs,
+                grow,
+                ..
+            } => {
+                let how = match encryption {
+                    Encryption::Tpm2 => format!("LUKS2 sealed to TPM2 PCRs {pcrs:?}"),
+                    Encryption::None => "unencrypted ext4".into(),
+                };
+                let what = match action {
+                    DataAction::Provision(why) => format!(
+                        "provision {} ({why}): {}{how}, ext4, mount at {target}",
+                        dev.display(),
+                        if *grow { "grow to the disk end, " } else { "" }
+                    ),
+                    DataAction::Open => {
+                        format!("open {} ({how}), mount at {target}", dev.display())
+                    }
+                };
+                match reset {
+                    Some(_) => format!("{what}; factory reset requested (once per request)"),
+                    None => what,
+                }
+            }
             Step::MachineId { path, source } => match source {
                 MachineIdSource::Random => format!("write a random machine-id to {path}"),
+                MachineIdSource::Persisted(file) => {
+                    format!("write the machine-id kept in {file} (made once) to {path}")
+                }
                 MachineIdSource::KernelCommandLine(id) => {
                     format!("write machine-id {id} (systemd.machine_id=) to {path}")
                 }
@@ -259,7 +360,7 @@ fn mount_root_step(p: &PartitionFacts, target: &str) -> Result<Step, PlanError> 
     })
 }
 
-fn etc_steps(cmd: &Cmdline, cfg: &Config) -> Vec<Step> {
+fn etc_steps(cmd: &Cmdline, cfg: &Config, data_target: Option<&str>) -> Vec<Step> {
     let root = cfg.root.mount_point.trim_end_matches('/');
     let mut steps = Vec::new();
     if cfg.etc.overlay {
@@ -271,15 +372,149 @@ fn etc_steps(cmd: &Cmdline, cfg: &Config) -> Vec<Step> {
             work: format!("{state}/work"),
         });
     }
-    let source = match &cmd.machine_id {
-        Some(id) => MachineIdSource::KernelCommandLine(id.clone()),
-        None => MachineIdSource::Random,
+    let source = match (&cmd.machine_id, data_target) {
+        (Some(id), _) => MachineIdSource::KernelCommandLine(id.clone()),
+        (None, Some(t)) => MachineIdSource::Persisted(format!("{t}/{MACHINE_ID_FILE}")),
+        (None, None) => MachineIdSource::Random,
     };
     steps.push(Step::MachineId {
         path: format!("{root}/etc/machine-id"),
         source,
     });
     steps
+}
+
+/// Where the machine ID lives on the data file system (with the default
+/// mount point: /var/lib/initrd-helper/machine-id).
+pub const MACHINE_ID_FILE: &str = "lib/initrd-helper/machine-id";
+
+/// The data partition of the boot disk, if it has one.
+fn data_partition<'d>(
+    disk: &'d DiskFacts,
+    cfg: &Config,
+) -> Result<Option<&'d PartitionFacts>, PlanError> {
+    let t = cfg.data.partition_type;
+    let found: Vec<&PartitionFacts> = disk
+        .partitions
+        .iter()
+        .filter(|p| p.gpt.type_guid == t)
+        .collect();
+    match found.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one)),
+        many => Err(PlanError::AmbiguousData {
+            disk: disk.name.clone(),
+            kind: dps::type_name(&t),
+            parts: many.iter().map(|p| p.dev.display().to_string()).collect(),
+        }),
+    }
+}
+
+fn expected_signature(e: Encryption) -> &'static str {
+    match e {
+        Encryption::Tpm2 => "crypto_LUKS",
+        Encryption::None => "ext4",
+    }
+}
+
+/// Blank, ours-unfinished, ours-finished, or someone else's.
+fn data_action(p: &PartitionFacts, cfg: &Config, reset: bool) -> Result<DataAction, PlanError> {
+    let dev = p.dev.display().to_string();
+    if p.gpt.attributes & IN_PROGRESS_BIT != 0 {
+        return Ok(DataAction::Provision(
+            "an interrupted first boot left its in-progress mark".into(),
+        ));
+    }
+    let expected = expected_signature(cfg.data.encryption);
+    match &p.signature {
+        None => Err(PlanError::DataUnprobed {
+            dev,
+            error: "not probed".into(),
+        }),
+        Some(Err(error)) => Err(PlanError::DataUnprobed {
+            dev,
+            error: error.clone(),
+        }),
+        Some(Ok(Signature::None)) => Ok(DataAction::Provision(
+            "blank: libblkid finds no signature".into(),
+        )),
+        Some(Ok(Signature::Found(t))) if t == expected => Ok(DataAction::Open),
+        Some(Ok(_)) if reset => Ok(DataAction::Provision("factory reset requested".into())),
+        Some(Ok(Signature::Found(t))) => Err(PlanError::DataNotOurs {
+            dev,
+            found: t.clone(),
+            expected,
+        }),
+        Some(Ok(Signature::Ambiguous)) => Err(PlanError::DataNotOurs {
+            dev,
+            found: "several contradicting signatures".into(),
+            expected,
+        }),
+    }
+}
+
+fn tpm_text(t: &TpmFacts) -> String {
+    match t {
+        TpmFacts::Absent => "no TPM device found".into(),
+        TpmFacts::Unusable { error } => error.clone(),
+        TpmFacts::Present { manufacturer } => format!("present ({manufacturer})"),
+    }
+}
+
+/// The data step for the boot disk, or `None` (with a warning) without one.
+fn data_step(
+    facts: &Facts,
+    disk: &DiskFacts,
+    cmd: &Cmdline,
+    cfg: &Config,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Step>, PlanError> {
+    if !cfg.data.enabled {
+        return Ok(None);
+    }
+    let Some(p) = data_partition(disk, cfg)? else {
+        warnings.push(format!(
+            "the boot disk {} has no data partition (type {}): {} stays as the image has it",
+            disk.name, cfg.data.partition_type, cfg.data.mount_point
+        ));
+        return Ok(None);
+    };
+    let reset = cmd.factory_reset_request();
+    let action = data_action(p, cfg, reset.is_some())?;
+    let dev = p.dev.display().to_string();
+    let tpm_ok = matches!(facts.tpm, TpmFacts::Present { .. });
+    if cfg.data.encryption == Encryption::Tpm2 && !tpm_ok {
+        let tpm = tpm_text(&facts.tpm);
+        return Err(match action {
+            DataAction::Open if reset.is_none() => PlanError::NoTpmToUnlock {
+                dev,
+                name: DATA_NAME.into(),
+                tpm,
+            },
+            _ => PlanError::NoTpmToProvision { dev, tpm },
+        });
+    }
+    let is_last = !disk
+        .partitions
+        .iter()
+        .any(|o| o.gpt.first_lba > p.gpt.first_lba);
+    if cfg.data.grow && !is_last {
+        warnings.push(format!("{dev} is not the last partition: it is not grown"));
+    }
+    let root = cfg.root.mount_point.trim_end_matches('/');
+    Ok(Some(Step::Data {
+        disk: disk.dev.clone(),
+        number: p.gpt.number,
+        dev: p.dev.clone(),
+        encryption: cfg.data.encryption,
+        pcrs: cfg.data.pcrs.clone(),
+        grow: cfg.data.grow && is_last,
+        name: DATA_NAME.into(),
+        target: format!("{root}{}", cfg.data.mount_point.trim_end_matches('/')),
+        action,
+        reset,
+        mkfs_options: cfg.data.mkfs_options.clone(),
+    }))
 }
 
 /// Partition UUIDs the DPS derives from a root hash: the first 128 bits
@@ -415,7 +650,13 @@ pub fn plan(facts: &Facts, cmd: &Cmdline, cfg: &Config) -> Result<Plan, PlanErro
             target.clone_from(&cfg.root.mount_point);
         }
     }
-    steps.extend(etc_steps(cmd, cfg));
+    let data = data_step(facts, disk, cmd, cfg, &mut warnings)?;
+    let data_target = match &data {
+        Some(Step::Data { target, .. }) => Some(target.clone()),
+        _ => None,
+    };
+    steps.extend(data);
+    steps.extend(etc_steps(cmd, cfg, data_target.as_deref()));
     Ok(Plan {
         boot_disk: disk.name.clone(),
         boot_disk_guid: table.disk_guid,
@@ -443,6 +684,7 @@ pub(crate) mod tests {
             },
             dev: PathBuf::from(format!("/dev/vda{n}")),
             fs,
+            signature: Some(Ok(Signature::None)),
         }
     }
 
@@ -488,9 +730,17 @@ pub(crate) mod tests {
         }
     }
 
+    fn no_data() -> Config {
+        let mut c = Config::default();
+        c.data.enabled = false;
+        c
+    }
+
+    /// Development config without the data partition (the root-slot tests).
     fn dev_cfg() -> Config {
         let mut c = Config::default();
         c.root.unverified = Unverified::MountReadOnly;
+        c.data.enabled = false;
         c
     }
 
@@ -527,7 +777,7 @@ pub(crate) mod tests {
         let e = plan(
             &facts(vec![standard_disk("vda", 1)]),
             &Cmdline::default(),
-            &Config::default(),
+            &no_data(),
         );
         assert_eq!(e.unwrap_err(), PlanError::UnverifiedRefused);
     }
@@ -696,7 +946,7 @@ pub(crate) mod tests {
         let e = plan(
             &facts(vec![verity_disk("vda", 1)]),
             &with_hash("abcd"),
-            &Config::default(),
+            &no_data(),
         );
         assert_eq!(e.unwrap_err(), PlanError::BadRootHash("abcd".into()));
     }
@@ -706,7 +956,7 @@ pub(crate) mod tests {
         let p = plan(
             &facts(vec![verity_disk("vda", 1)]),
             &with_hash(HASH_A),
-            &Config::default(),
+            &no_data(),
         )
         .unwrap();
         let names: Vec<_> = p.steps.iter().map(Step::name).collect();
@@ -731,7 +981,7 @@ pub(crate) mod tests {
         let e = plan(
             &facts(vec![verity_disk("vda", 1)]),
             &with_hash(&"ab".repeat(32)),
-            &Config::default(),
+            &no_data(),
         )
         .unwrap_err();
         assert!(matches!(e, PlanError::NoDisk { .. }), "{e}");
@@ -746,13 +996,13 @@ pub(crate) mod tests {
     #[test]
     fn verity_look_alike_on_another_disk_is_ambiguous() {
         let f = facts(vec![verity_disk("vda", 1), verity_disk("vdb", 2)]);
-        let e = plan(&f, &with_hash(HASH_A), &Config::default()).unwrap_err();
+        let e = plan(&f, &with_hash(HASH_A), &no_data()).unwrap_err();
         assert!(matches!(e, PlanError::AmbiguousDisks(_)));
         let cmd = Cmdline {
             disk: Some(Guid::from_bytes([2; 16])),
             ..with_hash(HASH_A)
         };
-        assert_eq!(plan(&f, &cmd, &Config::default()).unwrap().boot_disk, "vdb");
+        assert_eq!(plan(&f, &cmd, &no_data()).unwrap().boot_disk, "vdb");
     }
 
     #[test]
@@ -762,13 +1012,13 @@ pub(crate) mod tests {
         let e = plan(
             &facts(vec![a, verity_disk("vdb", 2)]),
             &with_hash(HASH_A),
-            &Config::default(),
+            &no_data(),
         );
         // vdb also has the data partition: two candidates, no guessing.
         assert!(matches!(e.unwrap_err(), PlanError::AmbiguousDisks(_)));
         let mut a = verity_disk("vda", 1);
         a.partitions.remove(2);
-        let e = plan(&facts(vec![a]), &with_hash(HASH_A), &Config::default()).unwrap_err();
+        let e = plan(&facts(vec![a]), &with_hash(HASH_A), &no_data()).unwrap_err();
         assert!(matches!(e, PlanError::MissingPartition { .. }), "{e}");
     }
 
@@ -776,7 +1026,7 @@ pub(crate) mod tests {
     fn derived_partitions_must_have_dps_types() {
         let mut d = verity_disk("vda", 1);
         d.partitions[2].gpt.type_guid = dps::VAR;
-        let e = plan(&facts(vec![d]), &with_hash(HASH_A), &Config::default()).unwrap_err();
+        let e = plan(&facts(vec![d]), &with_hash(HASH_A), &no_data()).unwrap_err();
         assert!(matches!(e, PlanError::WrongType { .. }), "{e}");
     }
 
@@ -790,7 +1040,7 @@ pub(crate) mod tests {
         };
         let mut d4 = d.clone();
         d4.partitions[3].fs = Some(FsKind::Ext4);
-        let p = plan(&facts(vec![d4]), &cmd, &Config::default()).unwrap();
+        let p = plan(&facts(vec![d4]), &cmd, &no_data()).unwrap();
         assert!(
             matches!(&p.steps[0], Step::ActivateVerity { data, .. } if data.to_str() == Some("/dev/vda4"))
         );
@@ -802,12 +1052,7 @@ pub(crate) mod tests {
             verity: false,
             ..with_hash(HASH_A)
         };
-        let e = plan(
-            &facts(vec![verity_disk("vda", 1)]),
-            &cmd,
-            &Config::default(),
-        )
-        .unwrap_err();
+        let e = plan(&facts(vec![verity_disk("vda", 1)]), &cmd, &no_data()).unwrap_err();
         assert_eq!(e, PlanError::UnverifiedRefused);
         let p = plan(&facts(vec![verity_disk("vda", 1)]), &cmd, &dev_cfg()).unwrap();
         assert!(p.warnings.iter().any(|w| w.contains("systemd.verity=0")));
@@ -824,5 +1069,122 @@ pub(crate) mod tests {
         let j = serde_json::to_value(&p).unwrap();
         assert_eq!(j["steps"][0]["step"], "mount-root");
         assert_eq!(j["steps"][2]["source"]["kind"], "random");
+    }
+
+    fn data_facts(sig: Result<Signature, String>, attrs: u64, tpm: bool) -> Facts {
+        let mut d = standard_disk("vda", 1);
+        d.partitions[5].signature = Some(sig);
+        d.partitions[5].gpt.attributes = attrs;
+        let mut f = facts(vec![d]);
+        if tpm {
+            f.tpm = TpmFacts::Present {
+                manufacturer: "IBM".into(),
+            };
+        }
+        f
+    }
+
+    fn data_plan(f: &Facts, cmd: &Cmdline) -> Result<Step, PlanError> {
+        let mut cfg = dev_cfg();
+        cfg.data.enabled = true;
+        let p = plan(f, cmd, &cfg)?;
+        Ok(p.steps.into_iter().find(|s| s.name() == "data").unwrap())
+    }
+
+    fn action(s: &Step) -> (&DataAction, Option<&str>) {
+        match s {
+            Step::Data { action, reset, .. } => (action, reset.as_deref()),
+            s => panic!("{s:?}"),
+        }
+    }
+
+    #[test]
+    fn blank_or_marked_data_is_provisioned_and_ours_is_opened() {
+        let cmd = Cmdline::default();
+        let blank = data_plan(&data_facts(Ok(Signature::None), 0, true), &cmd).unwrap();
+        assert!(matches!(action(&blank).0, DataAction::Provision(w) if w.contains("blank")));
+        match &blank {
+            Step::Data { grow, target, .. } => assert!(*grow && target == "/sysroot/var"),
+            _ => unreachable!(),
+        }
+        let luks = Ok(Signature::Found("crypto_LUKS".into()));
+        let open = data_plan(&data_facts(luks.clone(), 0, true), &cmd).unwrap();
+        assert_eq!(action(&open).0, &DataAction::Open);
+        let marked = data_plan(&data_facts(luks, IN_PROGRESS_BIT, true), &cmd).unwrap();
+        assert!(matches!(action(&marked).0, DataAction::Provision(w) if w.contains("interrupted")));
+    }
+
+    #[test]
+    fn foreign_or_unprobed_data_is_never_formatted() {
+        let cmd = Cmdline::default();
+        for sig in [
+            Ok(Signature::Found("ext4".into())),
+            Ok(Signature::Found("xfs".into())),
+            Ok(Signature::Ambiguous),
+            Err("I/O error".into()),
+        ] {
+            let e = data_plan(&data_facts(sig.clone(), 0, true), &cmd).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    PlanError::DataNotOurs { .. } | PlanError::DataUnprobed { .. }
+                ),
+                "{sig:?}: {e}"
+            );
+        }
+        // A reset request may erase anything on the data partition but an unreadable one.
+        let reset = crate::cmdline::parse("systemd.factory_reset=1").unwrap();
+        let xfs = Ok(Signature::Found("xfs".into()));
+        let s = data_plan(&data_facts(xfs, 0, true), &reset).unwrap();
+        assert!(
+            matches!(action(&s), (DataAction::Provision(_), Some(id)) if id == "systemd.factory_reset")
+        );
+        let luks = Ok(Signature::Found("crypto_LUKS".into()));
+        let s = data_plan(&data_facts(luks, 0, true), &reset).unwrap();
+        assert_eq!(
+            action(&s).0,
+            &DataAction::Open,
+            "the reset guard is checked after opening"
+        );
+    }
+
+    #[test]
+    fn without_a_tpm_nothing_is_formatted_or_guessed() {
+        let cmd = Cmdline::default();
+        let e = data_plan(&data_facts(Ok(Signature::None), 0, false), &cmd).unwrap_err();
+        assert!(matches!(e, PlanError::NoTpmToProvision { .. }), "{e}");
+        assert!(e.may_resolve_by_waiting());
+        let luks = Ok(Signature::Found("crypto_LUKS".into()));
+        let e = data_plan(&data_facts(luks, 0, false), &cmd).unwrap_err();
+        assert!(e.to_string().contains("recovery key"), "{e}");
+        // encryption = "none" needs no TPM.
+        let mut cfg = dev_cfg();
+        cfg.data.enabled = true;
+        cfg.data.encryption = Encryption::None;
+        let p = plan(&data_facts(Ok(Signature::None), 0, false), &cmd, &cfg).unwrap();
+        assert!(p.steps.iter().any(|s| s.name() == "data"));
+    }
+
+    #[test]
+    fn machine_id_is_kept_on_the_data_partition() {
+        let mut cfg = dev_cfg();
+        cfg.data.enabled = true;
+        let p = plan(
+            &data_facts(Ok(Signature::None), 0, true),
+            &Cmdline::default(),
+            &cfg,
+        )
+        .unwrap();
+        let names: Vec<_> = p.steps.iter().map(Step::name).collect();
+        assert_eq!(names, ["mount-root", "data", "etc-overlay", "machine-id"]);
+        assert_eq!(
+            p.steps[3],
+            Step::MachineId {
+                path: "/sysroot/etc/machine-id".into(),
+                source: MachineIdSource::Persisted(
+                    "/sysroot/var/lib/initrd-helper/machine-id".into()
+                ),
+            }
+        );
     }
 }

@@ -66,8 +66,18 @@ pub fn encrypt(dev: &Path, tcti: &str, pcrs: &[u8]) -> Result<Encrypted> {
     }
     let conf = tss_esapi::tcti_ldr::TctiNameConf::from_str(tcti)
         .with_context(|| format!("TCTI {tcti:?}"))?;
-    let mut ctx =
-        tss_esapi::Context::new(conf).with_context(|| format!("opening the TPM ({tcti})"))?;
+    let ctx = tss_esapi::Context::new(conf).with_context(|| format!("opening the TPM ({tcti})"))?;
+    Ok(seal_and_format(ctx, dev, pcrs)?.0)
+}
+
+/// Seals a fresh secret to `pcrs` and formats `dev` (proven blank by the
+/// caller) as LUKS2 with it; returns the TPM keyslot's passphrase too, so
+/// the caller can open the volume without a second unseal.
+pub fn seal_and_format(
+    mut ctx: tss_esapi::Context,
+    dev: &Path,
+    pcrs: &[u8],
+) -> Result<(Encrypted, String)> {
     let srk = tpm_seal::srk(&mut ctx).context("getting the storage root key")?;
     let secret = random32()?;
     let sealed =
@@ -90,13 +100,38 @@ pub fn encrypt(dev: &Path, tcti: &str, pcrs: &[u8]) -> Result<Encrypted> {
         },
     )
     .with_context(|| format!("formatting {} as LUKS2", dev.display()))?;
-    Ok(Encrypted {
+    let e = Encrypted {
         luks_uuid: e.uuid,
         tpm_keyslot: e.tpm_keyslot,
         recovery_keyslot: e.recovery_keyslot,
         pcrs: pcrs.to_vec(),
         recovery_key,
-    })
+    };
+    Ok((e, passphrase))
+}
+
+/// Unseals the secret of `dev`'s systemd-tpm2 token: its keyslot passphrase.
+pub fn unseal_passphrase(mut ctx: tss_esapi::Context, dev: &Path) -> Result<String> {
+    let json = luks::tpm2_token(dev)?
+        .with_context(|| format!("{} has no systemd-tpm2 token", dev.display()))?;
+    let t = token::parse_token(&json)
+        .map_err(|e| anyhow::anyhow!("the systemd-tpm2 token of {}: {e}", dev.display()))?;
+    let srk = tpm_seal::srk(&mut ctx).context("getting the storage root key")?;
+    let sealed = tpm_seal::Sealed {
+        private: t.private,
+        public: t.public,
+        policy_hash: Vec::new(),
+    };
+    let secret = tpm_seal::unseal(&mut ctx, srk, &t.pcrs, &sealed).map_err(|e| {
+        anyhow::Error::new(e).context(format!(
+            "the TPM refused to unseal the key of {} (policy: sha256 PCRs {:?}). If the firmware, \
+             its settings or the Secure Boot databases changed since enrollment, this is expected: \
+             nothing was changed; unlock with the recovery key",
+            dev.display(),
+            t.pcrs
+        ))
+    })?;
+    Ok(token::tpm_passphrase(&secret))
 }
 
 #[cfg(test)]

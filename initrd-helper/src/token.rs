@@ -45,6 +45,53 @@ pub fn token_json(t: &TpmToken) -> Value {
     })
 }
 
+/// What unlocking needs from a `systemd-tpm2` token (ours or systemd-cryptenroll's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedToken {
+    pub private: Vec<u8>,
+    pub public: Vec<u8>,
+    pub pcrs: Vec<u8>,
+}
+
+/// Splits one TPM2B off the front of `b`.
+fn take_tpm2b(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let n = u16::from_be_bytes([*b.first()?, *b.get(1)?]) as usize;
+    let body = b.get(2..2 + n)?;
+    Some((body, &b[2 + n..]))
+}
+
+/// Reads the fields unlocking needs; `None` names what is missing or malformed.
+pub fn parse_token(v: &Value) -> Result<ParsedToken, String> {
+    if v["type"] != "systemd-tpm2" {
+        return Err("not a systemd-tpm2 token".into());
+    }
+    if v["tpm2-pin"] == true {
+        return Err("the token needs a PIN (tpm2-pin), which the helper does not ask for".into());
+    }
+    let bank = v["tpm2-pcr-bank"].as_str().unwrap_or("sha256");
+    if bank != "sha256" {
+        return Err(format!("PCR bank {bank} is not supported (sha256 only)"));
+    }
+    let blob = v["tpm2-blob"]
+        .as_str()
+        .and_then(|s| b64::decode(s).ok())
+        .ok_or("tpm2-blob is missing or not base64")?;
+    let (private, rest) = take_tpm2b(&blob).ok_or("tpm2-blob: bad TPM2B_PRIVATE")?;
+    let (public, _) = take_tpm2b(rest).ok_or("tpm2-blob: bad TPM2B_PUBLIC")?;
+    let pcrs = v["tpm2-pcrs"]
+        .as_array()
+        .ok_or("tpm2-pcrs is missing")?
+        .iter()
+        .map(|p| p.as_u64().filter(|&n| n < 24).map(|n| n as u8))
+        .collect::<Option<Vec<u8>>>()
+        .ok_or("tpm2-pcrs holds a value that is not a PCR number")?;
+    Ok(ParsedToken {
+        private: private.to_vec(),
+        public: public.to_vec(),
+        pcrs,
+    })
+}
+
 /// The LUKS passphrase for an unsealed TPM secret (systemd's rule).
 pub fn tpm_passphrase(secret: &[u8]) -> String {
     b64::encode(secret)
@@ -90,6 +137,27 @@ mod tests {
         assert_eq!(j["tpm2-pcrs"], json!([7]));
         assert_eq!(j["tpm2-policy-hash"], "ab01");
         assert_eq!(j["tpm2-pin"], false);
+    }
+
+    #[test]
+    fn tokens_parse_back() {
+        let t = TpmToken {
+            keyslot: 0,
+            blob: &blob(&[1, 2, 3], &[4, 5]),
+            pcrs: &[0, 7],
+            policy_hash: &[0xab],
+        };
+        let p = parse_token(&token_json(&t)).unwrap();
+        assert_eq!(
+            (p.private, p.public, p.pcrs),
+            (vec![1, 2, 3], vec![4, 5], vec![0, 7])
+        );
+        let mut j = token_json(&t);
+        j["tpm2-blob"] = json!("AAU=");
+        assert!(parse_token(&j).unwrap_err().contains("TPM2B_PRIVATE"));
+        j["tpm2-pin"] = json!(true);
+        assert!(parse_token(&j).unwrap_err().contains("PIN"));
+        assert!(parse_token(&json!({"type": "other"})).is_err());
     }
 
     #[test]

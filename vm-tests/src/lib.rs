@@ -19,6 +19,7 @@ pub const REPORT_DONE: &str = "IH-REPORT-END";
 /// systemd's status line when the emergency target is reached.
 pub const EMERGENCY: &str = "Emergency Mode";
 const POLL: Duration = Duration::from_millis(250);
+const KILL_POLL: Duration = Duration::from_millis(5);
 
 pub struct Artifacts {
     pub kernel: PathBuf,
@@ -103,6 +104,14 @@ pub struct BootOpts<'a> {
     pub interactive: bool,
     /// A second virtio disk (the guest's /dev/vdb), writes enabled.
     pub extra_disk: Option<&'a Path>,
+    /// Boot through UEFI firmware (OVMF) with this writable variable store,
+    /// so the firmware measures itself and its settings into the TPM.
+    pub uefi_vars: Option<&'a Path>,
+    /// Attach the software TPM (false: a machine without a TPM).
+    pub tpm: bool,
+    /// Kill QEMU the moment the marker appears (a power cut), instead of
+    /// letting the guest power off.
+    pub kill_at_marker: bool,
 }
 
 impl<'a> BootOpts<'a> {
@@ -118,8 +127,58 @@ impl<'a> BootOpts<'a> {
             echo: false,
             interactive: false,
             extra_disk: None,
+            uefi_vars: None,
+            tpm: true,
+            kill_at_marker: false,
         }
     }
+}
+
+/// OVMF's code (4 MiB build, Secure Boot capable, no SMM needed).
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+impl Scratch {
+    /// A fresh copy of OVMF's empty variable store for this test.
+    pub fn uefi_vars(&self) -> PathBuf {
+        let p = self.0.join("OVMF_VARS.fd");
+        fs::copy(OVMF_VARS, &p).unwrap_or_else(|e| panic!("copying {OVMF_VARS}: {e}"));
+        p
+    }
+}
+
+/// A Secure Boot forbidden-signatures (dbx) update, as firmware updates
+/// ship them: one more revoked hash in the variable store. OVMF measures
+/// dbx into PCR 7, so a policy bound to PCR 7 no longer matches. Uses
+/// virt-fw-vars (python virt-firmware, installed by scripts/install-deps.sh).
+pub fn dbx_update(vars: &Path) {
+    let tool = std::env::var("IH_VIRT_FW_VARS").unwrap_or_else(|_| "virt-fw-vars".into());
+    let out = Command::new(&tool)
+        .arg("--inplace")
+        .arg(vars)
+        .args([
+            "--add-dbx-hash",
+            "a0347a3f-9ca1-4a7b-8fb8-3a8d1b9c4e21",
+            "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("running {tool}: {e}"));
+    assert!(
+        out.status.success(),
+        "{tool} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Makes a disk image file `bytes` long (sparse): the golden image flashed
+/// onto a bigger disk.
+pub fn enlarge(disk: &Path, bytes: u64) {
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(disk)
+        .unwrap_or_else(|e| panic!("{}: {e}", disk.display()));
+    f.set_len(bytes)
+        .unwrap_or_else(|e| panic!("enlarging {}: {e}", disk.display()));
 }
 
 pub struct Boot {
@@ -196,16 +255,6 @@ fn qemu_command(a: &Artifacts, o: &BootOpts, console: &Path) -> Command {
     .args(["-append", &format!("console=ttyS0 panic=-1 {}", o.append)])
     .args(["-drive", &drive])
     .args(["-serial", &serial(o, console)])
-    .args([
-        "-chardev",
-        &format!("socket,id=chrtpm,path={}", sock.display()),
-    ])
-    .args([
-        "-tpmdev",
-        "emulator,id=tpm0,chardev=chrtpm",
-        "-device",
-        "tpm-crb,tpmdev=tpm0",
-    ])
     .args(["-device", "virtio-rng-pci"])
     .stderr(Stdio::piped());
     if !o.interactive {
@@ -213,6 +262,26 @@ fn qemu_command(a: &Artifacts, o: &BootOpts, console: &Path) -> Command {
     }
     if o.snapshot {
         c.arg("-snapshot");
+    }
+    if o.tpm {
+        c.args([
+            "-chardev",
+            &format!("socket,id=chrtpm,path={}", sock.display()),
+        ])
+        .args([
+            "-tpmdev",
+            "emulator,id=tpm0,chardev=chrtpm",
+            "-device",
+            "tpm-crb,tpmdev=tpm0",
+        ]);
+    }
+    if let Some(vars) = o.uefi_vars {
+        c.args([
+            "-drive",
+            &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+            "-drive",
+            &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+        ]);
     }
     if let Some(d) = o.extra_disk {
         // Own drive options: -snapshot must not hide what the guest writes here.
@@ -252,11 +321,17 @@ pub fn boot(a: &Artifacts, o: &BootOpts) -> Boot {
         if let Ok(Some(_)) = vm.try_wait() {
             break;
         }
-        std::thread::sleep(POLL);
+        // A power cut must land right after its marker.
+        std::thread::sleep(if o.kill_at_marker { KILL_POLL } else { POLL });
     }
     // Give a powering-off guest a moment to finish cleanly, then stop it.
     let stop = Instant::now();
-    while stop.elapsed() < Duration::from_secs(20) && matches!(vm.try_wait(), Ok(None)) {
+    let grace = if o.kill_at_marker {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(20)
+    };
+    while stop.elapsed() < grace && matches!(vm.try_wait(), Ok(None)) {
         std::thread::sleep(POLL);
     }
     let _ = vm.kill();
@@ -356,22 +431,67 @@ impl Boot {
     }
 }
 
-/// A writable copy of the test disk and its digest, for the "not a byte
+/// A writable copy of the test disk and its digests, for the "not a byte
 /// written" checks of boots with writes enabled.
 pub struct TestDisk {
     pub path: PathBuf,
     pub sha256: String,
+    /// Digest of the image's partitions before the data partition (ESP,
+    /// both root slots and their hash partitions).
+    pub slots_sha256: String,
+    layout: Vec<(u64, u64)>,
+}
+
+/// Byte offset and size of each partition, from the builder's layout.
+pub fn layout(a: &Artifacts) -> Vec<(u64, u64)> {
+    let p = a.disk.with_file_name("layout.json");
+    let text = fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    v["partitiontable"]["partitions"]
+        .as_array()
+        .map(|parts| {
+            parts
+                .iter()
+                .map(|p| {
+                    let n = |k: &str| p[k].as_u64().unwrap_or(0) * 512;
+                    (n("start"), n("size"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn slots_digest(path: &Path, layout: &[(u64, u64)]) -> String {
+    let n = layout.len().saturating_sub(1);
+    layout[..n]
+        .iter()
+        .map(|&(off, len)| sha256_range(path, off, len))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl TestDisk {
     pub fn new(s: &Scratch, a: &Artifacts) -> TestDisk {
         let path = s.copy_disk(&a.disk);
         let sha256 = sha256(&path);
-        TestDisk { path, sha256 }
+        let layout = layout(a);
+        let slots_sha256 = slots_digest(&path, &layout);
+        TestDisk {
+            path,
+            sha256,
+            slots_sha256,
+            layout,
+        }
     }
 
     pub fn unchanged(&self) -> bool {
         sha256(&self.path) == self.sha256
+    }
+
+    /// Every partition but the data partition is byte-identical.
+    pub fn slots_unchanged(&self) -> bool {
+        slots_digest(&self.path, &self.layout) == self.slots_sha256
     }
 }
 
@@ -428,4 +548,22 @@ pub fn is_machine_id(s: &str) -> bool {
     s.len() == 32
         && s.chars()
             .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+}
+
+/// Whether `key` opens the LUKS header in `img` (a volume or a copy of its
+/// first 16 MiB) with the host's plain cryptsetup: no TPM, no token plugin.
+pub fn key_opens(img: &Path, key: &str) -> bool {
+    use std::io::Write;
+    let mut c = Command::new("cryptsetup")
+        .args(["luksOpen", "--test-passphrase", "--key-file=-"])
+        .arg(img)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cryptsetup (Debian cryptsetup-bin): {e}"));
+    let written = c
+        .stdin
+        .take()
+        .map(|mut i| i.write_all(key.as_bytes()).is_ok())
+        .unwrap_or(false);
+    c.wait().map(|s| s.success()).unwrap_or(false) && written
 }

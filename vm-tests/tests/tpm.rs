@@ -1,13 +1,14 @@
 //! TPM2 + LUKS2 interop in the guest: a volume enrolled by
 //! `initrd-helper encrypt` against the test's software TPM is unlocked by
 //! Debian 12's own cryptsetup (systemd's token plugin) and systemd-cryptsetup
-//! through /dev/tpmrm0, which the host cannot do (no kernel TPM there).
+//! through /dev/tpmrm0, which the host cannot do (no kernel TPM there); so
+//! is the data volume the helper provisions during that boot.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use vm_tests::{boot, Artifacts, BootOpts, Scratch};
+use vm_tests::{boot, key_opens, Artifacts, BootOpts, Scratch};
 
 /// PCR 16 (debug): no firmware or kernel extends it, and swtpm's
 /// startup-clear resets it at each start, so the value sealed to on the host
@@ -102,22 +103,20 @@ fn vm_systemd_cryptsetup_interop() {
         b.value("vdb_systemd_cryptsetup") == "ok",
         "systemd-cryptsetup tpm2-device=auto did not unlock",
     );
+    // The data volume the helper provisioned at boot, too.
+    b.check(
+        b.value("luks_token_type") == "\"systemd-tpm2\"",
+        "luksDump of the data partition shows no systemd-tpm2 token",
+    );
+    b.check(
+        b.value("data_token_open") == "ok",
+        "systemd's token plugin did not unlock the helper's data volume",
+    );
 
     // The recovery key handed out by `encrypt` opens it with plain cryptsetup.
-    let mut c = Command::new("cryptsetup")
-        .args(["luksOpen", "--test-passphrase", "--key-file=-"])
-        .arg(&img)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    c.stdin
-        .take()
-        .unwrap()
-        .write_all(e["recovery_key"].as_str().unwrap().as_bytes())
-        .unwrap();
+    let key = e["recovery_key"].as_str().unwrap();
     assert!(
-        c.wait().unwrap().success(),
+        key_opens(&img, key),
         "the recovery key did not open the volume"
     );
 }

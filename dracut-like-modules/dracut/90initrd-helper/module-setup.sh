@@ -29,6 +29,9 @@ installkernel() {
     hostonly='' instmods virtio_blk virtio_pci virtio_scsi virtio_rng nvme ahci sd_mod \
         tpm_crb tpm_tis \
         dm_mod dm_verity dm_crypt overlay ext4 erofs squashfs vfat
+    # dm-crypt's aes-xts-plain64 (requested by the crypto API on first use;
+    # aes_generic for CPUs without AES-NI).
+    hostonly='' instmods xts aesni_intel aes_generic
 }
 
 install() {
@@ -43,4 +46,7 @@ install() {
     ln_r "$systemdsystemunitdir/initrd-helper.service" \
         "$systemdsystemunitdir/initrd-root-fs.target.requires/initrd-helper.service"
     inst_multiple -o modprobe
+    # First boot and factory reset format the data volume.
+    inst_multiple mkfs.ext4
+    inst_multiple -o /etc/mke2fs.conf
 }

@@ -3,6 +3,8 @@
 
 use crate::facts::{probe_fs, DiskFacts, FsKind, PartitionFacts, PROBE_LEN};
 use crate::gpt;
+use crate::guid::Guid;
+use crate::sys::blkid::{self, Signature};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -32,8 +34,9 @@ fn partition_nodes(root: &Path, sys_disk: &Path) -> BTreeMap<u32, PathBuf> {
     out
 }
 
-/// Whole disks the kernel knows now, with their tables and partitions.
-pub fn scan(root: &Path) -> Vec<DiskFacts> {
+/// Whole disks the kernel knows now, with their tables and partitions;
+/// partitions of type `probe_type` are also probed by libblkid.
+pub fn scan(root: &Path, probe_type: Option<Guid>) -> Vec<DiskFacts> {
     let class = root.join("sys/class/block");
     let Ok(rd) = std::fs::read_dir(&class) else {
         return Vec::new();
@@ -52,19 +55,39 @@ pub fn scan(root: &Path) -> Vec<DiskFacts> {
         .filter(|n| root.join("dev").join(n).exists())
         .map(|n| {
             let nodes = partition_nodes(root, &class.join(&n));
-            read_disk(n.clone(), root.join("dev").join(&n), |num| {
-                nodes.get(&num).filter(|p| p.exists()).cloned()
+            read_disk(n.clone(), root.join("dev").join(&n), probe_type, |num| {
+                nodes
+                    .get(&num)
+                    .filter(|p| p.exists())
+                    .map(|p| (p.clone(), 0, 0))
             })
+        })
+        // Likewise a disk some of whose partitions have no node yet: planning
+        // on part of a table could pick an older root slot or miss the data
+        // partition (seen in a VM boot). It is found by the next rescan.
+        .filter(|d| match &d.table {
+            Ok(t) => d.partitions.len() == t.partitions.len(),
+            Err(_) => true,
         })
         .collect()
 }
 
 /// Facts for a disk image file: partition "devices" are the image itself.
-pub fn disk_from_image(path: &Path) -> DiskFacts {
-    // Partitions of an image have no device node: they are named IMAGE#N.
+pub fn disk_from_image(path: &Path, probe_type: Option<Guid>) -> DiskFacts {
+    // Partitions of an image have no device node: they are named IMAGE#N,
+    // and libblkid probes their byte range of the image.
     let p = path.to_path_buf();
-    read_disk(path.display().to_string(), p.clone(), |n| {
-        Some(PathBuf::from(format!("{}#{n}", p.display())))
+    let table = File::open(path)
+        .ok()
+        .and_then(|mut f| gpt::read(&mut f).ok());
+    read_disk(path.display().to_string(), p.clone(), probe_type, |n| {
+        let part = table.as_ref()?.partitions.iter().find(|x| x.number == n)?;
+        let ss = table.as_ref()?.sector_size;
+        Some((
+            PathBuf::from(format!("{}#{n}", p.display())),
+            part.offset(ss),
+            part.size(ss),
+        ))
     })
 }
 
@@ -75,7 +98,25 @@ fn probe_at(f: &mut File, offset: u64) -> Option<FsKind> {
     probe_fs(&buf)
 }
 
-fn read_disk(name: String, dev: PathBuf, node: impl Fn(u32) -> Option<PathBuf>) -> DiskFacts {
+/// libblkid on a partition: its node (`offset`, `len` 0) or its byte range
+/// of the disk image `image`.
+fn blkid_at(node: &Path, image: &Path, offset: u64, len: u64) -> Result<Signature, String> {
+    let r = if len == 0 {
+        blkid::probe(node, 0, 0)
+    } else {
+        blkid::probe(image, offset, len)
+    };
+    r.map_err(|e| e.to_string())
+}
+
+/// `node(n)`: partition n's device node, with its byte range when it is a
+/// range of the image file `dev` (0, 0 for a real partition node).
+fn read_disk(
+    name: String,
+    dev: PathBuf,
+    probe_type: Option<Guid>,
+    node: impl Fn(u32) -> Option<(PathBuf, u64, u64)>,
+) -> DiskFacts {
     let mut facts = DiskFacts {
         name,
         dev: dev.clone(),
@@ -96,12 +137,17 @@ fn read_disk(name: String, dev: PathBuf, node: impl Fn(u32) -> Option<PathBuf>) 
             for p in &t.partitions {
                 // A partition without a device node yet is skipped; the
                 // caller's bounded wait rescans.
-                let Some(pdev) = node(p.number) else { continue };
+                let Some((pdev, off, len)) = node(p.number) else {
+                    continue;
+                };
                 let fs = probe_at(&mut f, p.offset(t.sector_size));
+                let signature =
+                    (Some(p.type_guid) == probe_type).then(|| blkid_at(&pdev, &dev, off, len));
                 facts.partitions.push(PartitionFacts {
                     gpt: p.clone(),
                     dev: pdev,
                     fs,
+                    signature,
                 });
             }
             facts.table = Ok(t);
@@ -115,7 +161,6 @@ fn read_disk(name: String, dev: PathBuf, node: impl Fn(u32) -> Option<PathBuf>) 
 mod tests {
     use super::*;
     use crate::dps;
-    use crate::guid::Guid;
 
     /// A fake root: sysfs entries for vda and vda1, a GPT image as /dev/vda.
     fn fake_root() -> tempfile::TempDir {
@@ -145,16 +190,17 @@ mod tests {
     }
 
     #[test]
-    fn disks_and_partitions_without_nodes_wait_for_the_next_scan() {
+    fn disks_without_all_partition_nodes_wait_for_the_next_scan() {
         let root = fake_root();
-        assert!(scan(root.path()).is_empty(), "no /dev/vda yet");
+        assert!(scan(root.path(), None).is_empty(), "no /dev/vda yet");
         write_disk(root.path());
-        let disks = scan(root.path());
-        assert_eq!(disks.len(), 1, "loop devices are never candidates");
-        assert!(disks[0].table.is_ok());
-        assert!(disks[0].partitions.is_empty(), "no /dev/vda1 yet");
+        assert!(
+            scan(root.path(), None).is_empty(),
+            "no /dev/vda1 yet: the disk waits for the next scan"
+        );
         std::fs::write(root.path().join("dev/vda1"), b"").unwrap();
-        let disks = scan(root.path());
+        let disks = scan(root.path(), None);
+        assert_eq!(disks.len(), 1, "loop devices are never candidates");
         assert_eq!(disks[0].partitions[0].gpt.label, "os_1");
         assert_eq!(disks[0].partitions[0].dev, root.path().join("dev/vda1"));
     }

@@ -1,8 +1,9 @@
-//! LUKS via libcryptsetup (statically linked): LUKS2 formatting with a TPM keyslot, a recovery keyslot and systemd's
-//! token (not yet used at boot: the data-partition work wires it in).
+//! LUKS via libcryptsetup (statically linked): LUKS2 formatting with a TPM
+//! keyslot, a recovery keyslot and systemd's token; reading the token,
+//! opening, closing, and the cryptographic erase of a factory reset.
 //! libcryptsetup-rs serialises calls internally (it is not thread-safe).
 
-use libcryptsetup_rs::consts::flags::{CryptPbkdf, CryptVolumeKey};
+use libcryptsetup_rs::consts::flags::{CryptActivate, CryptDeactivate, CryptPbkdf, CryptVolumeKey};
 use libcryptsetup_rs::consts::vals::{CryptKdf, EncryptionFormat};
 use libcryptsetup_rs::{CryptInit, CryptPbkdfType, Either, LibcryptErr, TokenInput};
 use std::path::Path;
@@ -13,20 +14,69 @@ pub enum LuksError {
     Lib { dev: String, source: LibcryptErr },
 }
 
-/// The UUID of the LUKS2 header on `dev`, or an error when there is none.
-/// (Test-only for now: the boot-time unlock loads the header itself.)
-#[cfg(test)]
-pub fn luks2_uuid(dev: &Path) -> Result<String, LuksError> {
-    let wrap = |source| LuksError::Lib {
+fn wrapper(dev: &Path) -> impl Fn(LibcryptErr) -> LuksError + '_ {
+    move |source| LuksError::Lib {
         dev: dev.display().to_string(),
         source,
-    };
-    let mut cd = CryptInit::init(dev).map_err(wrap)?;
+    }
+}
+
+fn load(dev: &Path) -> Result<libcryptsetup_rs::CryptDevice, LuksError> {
+    let wrap = wrapper(dev);
+    let mut cd = CryptInit::init(dev).map_err(&wrap)?;
     cd.context_handle()
         .load::<()>(Some(EncryptionFormat::Luks2), None)
-        .map_err(wrap)?;
-    let uuid = cd.status_handle().get_uuid().map_err(wrap)?;
+        .map_err(&wrap)?;
+    Ok(cd)
+}
+
+/// The UUID of the LUKS2 header on `dev`, or an error when there is none.
+#[cfg(test)]
+pub fn luks2_uuid(dev: &Path) -> Result<String, LuksError> {
+    let mut cd = load(dev)?;
+    let uuid = cd.status_handle().get_uuid().map_err(wrapper(dev))?;
     Ok(uuid.to_string())
+}
+
+/// The first `systemd-tpm2` token's JSON, or `None` when there is none.
+pub fn tpm2_token(dev: &Path) -> Result<Option<serde_json::Value>, LuksError> {
+    let mut cd = load(dev)?;
+    // LUKS2 has 32 token slots; empty ones fail to read.
+    for id in 0..32 {
+        if let Ok(v) = cd.token_handle().json_get(id) {
+            if v["type"] == "systemd-tpm2" {
+                return Ok(Some(v));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Opens `dev` as /dev/mapper/`name` with a keyslot passphrase.
+pub fn open(dev: &Path, name: &str, passphrase: &[u8]) -> Result<(), LuksError> {
+    let mut cd = load(dev)?;
+    cd.activate_handle()
+        .activate_by_passphrase(Some(name), None, passphrase, CryptActivate::empty())
+        .map_err(wrapper(dev))?;
+    Ok(())
+}
+
+/// Closes /dev/mapper/`name`.
+pub fn close(name: &str) -> Result<(), LuksError> {
+    let dev = Path::new("/dev/mapper").join(name);
+    let mut cd = CryptInit::init_by_name_and_header(name, None).map_err(wrapper(&dev))?;
+    cd.activate_handle()
+        .deactivate(name, CryptDeactivate::empty())
+        .map_err(wrapper(&dev))
+}
+
+/// Bytes the LUKS2 header and keyslots take at the start of `dev` (the data
+/// offset), or `fallback` when no header can be loaded.
+pub fn header_len(dev: &Path, fallback: u64) -> u64 {
+    match load(dev) {
+        Ok(mut cd) => (cd.status_handle().get_data_offset() * 512).max(fallback),
+        Err(_) => fallback,
+    }
 }
 
 /// What `format_luks2` made.
@@ -62,14 +112,11 @@ pub fn format_luks2(
     recovery_key: &[u8],
     token: impl Fn(u32) -> serde_json::Value,
 ) -> Result<Enrolled, LuksError> {
-    let wrap = |source| LuksError::Lib {
-        dev: dev.display().to_string(),
-        source,
-    };
-    let mut cd = CryptInit::init(dev).map_err(wrap)?;
+    let wrap = wrapper(dev);
+    let mut cd = CryptInit::init(dev).map_err(&wrap)?;
     cd.settings_handle()
         .set_pbkdf_type(&minimal_pbkdf())
-        .map_err(wrap)?;
+        .map_err(&wrap)?;
     cd.context_handle()
         .format::<()>(
             EncryptionFormat::Luks2,
@@ -78,19 +125,19 @@ pub fn format_luks2(
             Either::Right(64),
             None,
         )
-        .map_err(wrap)?;
+        .map_err(&wrap)?;
     let mut slots = cd.keyslot_handle();
     let tpm_keyslot = slots
         .add_by_key(None, None, tpm_passphrase, CryptVolumeKey::empty())
-        .map_err(wrap)?;
+        .map_err(&wrap)?;
     let recovery_keyslot = slots
         .add_by_key(None, None, recovery_key, CryptVolumeKey::empty())
-        .map_err(wrap)?;
+        .map_err(&wrap)?;
     let token = cd
         .token_handle()
         .json_set(TokenInput::AddToken(&token(tpm_keyslot)))
-        .map_err(wrap)?;
-    let uuid = cd.status_handle().get_uuid().map_err(wrap)?.to_string();
+        .map_err(&wrap)?;
+    let uuid = cd.status_handle().get_uuid().map_err(&wrap)?.to_string();
     Ok(Enrolled {
         uuid,
         tpm_keyslot,
@@ -167,6 +214,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(luks2_uuid(&img).unwrap(), e.uuid);
+        let tok = tpm2_token(&img).unwrap().unwrap();
+        let parsed = token::parse_token(&tok).unwrap();
+        assert_eq!(
+            (parsed.private, parsed.public),
+            (sealed.private, sealed.public)
+        );
+        assert_eq!(header_len(&img, 0), 16 << 20);
 
         let dump = Command::new("cryptsetup")
             .args(["luksDump", "--dump-json-metadata"])

@@ -1,7 +1,10 @@
 //! The only code that touches the machine: block devices, mounts, the TPM,
 //! libcryptsetup. Everything above works on the typed values these return.
 
+pub mod blkid;
+pub mod blkpg;
 pub mod block;
+pub mod disk_write;
 pub mod luks;
 pub mod mount;
 pub mod tpm;
@@ -17,11 +20,20 @@ use std::path::Path;
 /// The disks under `root` (normally `/`; a fixture dir in tests), or the
 /// given disk image files instead (for `plan --disk`). The TPM is probed
 /// separately (`tpm::probe`), once: callers rescan disks every 100 ms.
-pub fn disks(root: &Path, images: &[std::path::PathBuf]) -> Vec<DiskFacts> {
+/// Partitions of type `probe_type` (the data partition) are also probed by
+/// libblkid, the blank proof.
+pub fn disks(
+    root: &Path,
+    images: &[std::path::PathBuf],
+    probe_type: Option<crate::guid::Guid>,
+) -> Vec<DiskFacts> {
     if images.is_empty() {
-        block::scan(root)
+        block::scan(root, probe_type)
     } else {
-        images.iter().map(|p| block::disk_from_image(p)).collect()
+        images
+            .iter()
+            .map(|p| block::disk_from_image(p, probe_type))
+            .collect()
     }
 }
 

@@ -27,6 +27,24 @@ pub fn mount_ro(source: &Path, target: &Path, fstype: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// A writable data file system (no device nodes or setuid binaries on it).
+pub fn mount_rw(source: &Path, target: &Path, fstype: &str) -> io::Result<()> {
+    mkdir(target)?;
+    mount(
+        source,
+        target,
+        fstype,
+        MountFlags::NODEV | MountFlags::NOSUID,
+        None,
+    )?;
+    Ok(())
+}
+
+pub fn umount(target: &Path) -> io::Result<()> {
+    rustix::mount::unmount(target, rustix::mount::UnmountFlags::empty())?;
+    Ok(())
+}
+
 pub fn mount_tmpfs(target: &Path, options: &str) -> io::Result<()> {
     mkdir(target)?;
     mount(

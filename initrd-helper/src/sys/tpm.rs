@@ -1,5 +1,5 @@
 //! TPM2 access through tss-esapi (tpm2-tss linked statically with a fixed
-//! TCTI table: `device` and `swtpm`). For now: presence and manufacturer.
+//! TCTI table: `device` and `swtpm`): presence, and a context for sealing.
 //!
 //! `INITRD_HELPER_TCTI` overrides the TCTI (e.g. `swtpm:host=127.0.0.1,port=2321`
 //! in tests: tss-esapi's swtpm config is TCP only); the default is the kernel
@@ -14,6 +14,14 @@ use tss_esapi::Context;
 
 pub const TCTI_ENV: &str = "INITRD_HELPER_TCTI";
 const RM_DEVICE: &str = "dev/tpmrm0";
+
+/// A TPM context on the machine's TPM (or `INITRD_HELPER_TCTI`).
+pub fn context(root: &Path) -> Result<Context, String> {
+    let conf = tcti(root).ok_or("no TPM device (/dev/tpmrm0) found")?;
+    TctiNameConf::from_str(&conf)
+        .and_then(Context::new)
+        .map_err(|e| format!("opening the TPM ({conf}): {e}"))
+}
 
 fn tcti(root: &Path) -> Option<String> {
     if let Ok(t) = std::env::var(TCTI_ENV) {

@@ -7,8 +7,7 @@
 //! every unlock, and primaries derive deterministically from the owner seed
 //! and the template, so using the same template makes both the same key. Every command that carries the
 //! secret runs in a session salted with that key, so the secret never crosses
-//! the TPM bus in clear. Not yet used at boot: the data-partition work
-//! (LUKS2 + systemd-tpm2 token) builds on it.
+//! the TPM bus in clear.
 
 use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
 use tss_esapi::constants::SessionType;
@@ -182,7 +181,6 @@ pub fn seal(ctx: &mut Context, srk: KeyHandle, pcrs: &[u8], secret: &[u8]) -> Tp
 }
 
 /// Unseals; fails with a policy error when the PCRs no longer match.
-#[allow(dead_code)] // the boot-time unlock (issue 3) calls it; tested against swtpm
 pub fn unseal(
     ctx: &mut Context,
     srk: KeyHandle,

@@ -1,26 +1,67 @@
 //! `make bench`: boots the image N times (IH_BENCH_BOOTS, default 3) and
-//! prints the helper's step durations and boot figures. Figures only: no
-//! threshold fails anything.
+//! prints the helper's step durations and boot figures; then a first and a
+//! second boot (UEFI, TPM) on a 2 GiB and a 256 GiB sparse disk, for the
+//! provisioning, unlock and peak-RSS figures. Figures only: no threshold
+//! fails anything.
 
 use std::collections::BTreeMap;
-use vm_tests::{boot, Artifacts, BootOpts, Scratch};
+use vm_tests::{boot, enlarge, Artifacts, BootOpts, Scratch};
 
-/// "step NAME: done in 12.3 ms" and "all steps done in 12.3 ms" -> (name, ms).
+/// "step NAME: done in 12.3 ms", "data: PHASE in 12.3 ms" and "all steps
+/// done in 12.3 ms (peak RSS N KiB)" -> (name, value).
 fn step_times(console: &str) -> Vec<(String, f64)> {
     console
         .lines()
         .filter(|l| l.contains("initrd-helper[") && !l.contains("IHJ "))
-        .filter_map(|l| {
-            let (head, tail) = l.split_once(" in ")?;
-            let ms: f64 = tail.split_whitespace().next()?.parse().ok()?;
-            let name = if head.contains("all steps done") {
-                "total".to_string()
-            } else {
-                head.split("step ").nth(1)?.split(':').next()?.to_string()
-            };
-            Some((name, ms))
+        .flat_map(|l| {
+            let mut out = Vec::new();
+            if let Some((_, rss)) = l.split_once("peak RSS ") {
+                if let Some(k) = rss.split_whitespace().next().and_then(|k| k.parse().ok()) {
+                    out.push(("peak RSS (KiB)".to_string(), k));
+                }
+            }
+            let parsed = l.split_once(" in ").and_then(|(head, tail)| {
+                let ms: f64 = tail.split_whitespace().next()?.parse().ok()?;
+                let name = if head.contains("all steps done") {
+                    "total".to_string()
+                } else if let Some(phase) = head.split("]: data: ").nth(1) {
+                    format!("data/{}", phase.split(' ').next().unwrap_or(phase))
+                } else {
+                    head.split("step ").nth(1)?.split(':').next()?.to_string()
+                };
+                Some((name, ms))
+            });
+            out.extend(parsed);
+            out
         })
         .collect()
+}
+
+/// First boot, then second boot, on the image flashed onto a `gib` GiB disk.
+fn first_and_second(a: &Artifacts, gib: u64) {
+    let s = Scratch::new(&format!("bench-{gib}g"));
+    let disk = s.copy_disk(&a.disk);
+    enlarge(&disk, gib << 30);
+    let vars = s.uefi_vars();
+    for which in ["first", "second"] {
+        let name = format!("{gib}g-{which}");
+        let b = boot(
+            a,
+            &BootOpts {
+                append: "ih_test.poweroff",
+                snapshot: false,
+                uefi_vars: Some(&vars),
+                ..BootOpts::new(&name, &disk, &s.0)
+            },
+        );
+        println!(
+            "\n{gib} GiB disk, {which} boot (wall {:.1} s):",
+            b.wall.as_secs_f64()
+        );
+        for (k, v) in step_times(&b.console) {
+            println!("  helper {k:<28} {v:>9.1}");
+        }
+    }
 }
 
 fn main() {
@@ -54,9 +95,13 @@ fn main() {
         v.sort_by(|a, b| a.total_cmp(b));
         v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
     };
-    println!("\nmedian of {n} boots (QEMU TCG, 2 vCPU):");
+    println!("\nmedian of {n} boots (QEMU TCG, 2 vCPU; ms, each a first boot: writes discarded):");
     for (k, v) in steps.iter_mut() {
         println!("  helper {k:<12} {:>8.1} ms", med(v));
     }
     println!("  guest uptime at report {:>6.2} s", med(&mut uptimes));
+    let sizes = std::env::var("IH_BENCH_DISKS_GIB").unwrap_or_else(|_| "2 256".into());
+    for gib in sizes.split_whitespace().filter_map(|g| g.parse().ok()) {
+        first_and_second(&a, gib);
+    }
 }

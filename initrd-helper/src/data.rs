@@ -1,0 +1,264 @@
+//! The data step: first-boot provisioning, unlock and mount on every boot,
+//! and the factory reset.
+//!
+//! Crash safety rests on one GPT attribute bit (`plan::IN_PROGRESS_BIT`):
+//! it is set (together with the grow and the fresh UUID, in one
+//! crash-ordered table write) before anything is written to the partition,
+//! and cleared only once the new file system is made and mounted. A boot
+//! that finds the bit provisions again from scratch; nothing of a user's
+//! can be there yet, because the volume was never handed over.
+//! A factory reset sets the same bit before it erases, so a power cut
+//! mid-reset also converges.
+
+use crate::config::Encryption;
+use crate::mountinfo;
+use crate::plan::{DataAction, IN_PROGRESS_BIT};
+use crate::provision;
+use crate::sys::{self, disk_write, luks};
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+/// The recovery key hand-off: read by the OS (escrow), then deleted by it.
+pub const RECOVERY_KEY_FILE: &str = "/run/initrd-helper/recovery-key";
+/// On the data file system: the ID of the last factory reset done.
+const RESET_FILE: &str = "lib/initrd-helper/factory-reset";
+/// At least this much is zeroed at the partition's start before a format:
+/// LUKS2's default header + keyslot area, and every fs superblock there.
+const WIPE_BYTES: u64 = 16 << 20;
+
+/// The Data step's fields, borrowed from the plan.
+pub struct Data<'a> {
+    pub disk: &'a Path,
+    pub number: u32,
+    pub dev: &'a Path,
+    pub encryption: Encryption,
+    pub pcrs: &'a [u8],
+    pub grow: bool,
+    pub name: &'a str,
+    pub target: &'a str,
+    pub action: &'a DataAction,
+    pub reset: Option<&'a str>,
+    pub mkfs_options: &'a [String],
+}
+
+impl Data<'_> {
+    /// The device holding the file system.
+    fn fs_dev(&self) -> PathBuf {
+        match self.encryption {
+            Encryption::Tpm2 => Path::new("/dev/mapper").join(self.name),
+            Encryption::None => self.dev.to_path_buf(),
+        }
+    }
+
+    fn mounted(&self) -> bool {
+        mountinfo::find(&sys::mount::table(), self.target).is_some()
+    }
+}
+
+/// Runs the step; the text says what was done, for the step's log line.
+pub fn run(d: &Data) -> Result<String> {
+    if d.mounted() {
+        return Ok(format!("skipped: {} already mounted", d.target));
+    }
+    match d.action {
+        DataAction::Provision(_) => provision_volume(d),
+        DataAction::Open => open_or_reset(d),
+    }
+}
+
+fn open_or_reset(d: &Data) -> Result<String> {
+    let opened = open(d).and_then(|_| mount(d));
+    let id = match (opened, d.reset) {
+        (Ok(()), None) => {
+            forget_reset(d);
+            return Ok(format!(
+                "opened {} and mounted it at {}",
+                d.dev.display(),
+                d.target
+            ));
+        }
+        (Err(e), None) => return Err(e),
+        (Err(e), Some(_)) => {
+            // Asked to erase it anyway: an unreadable volume is no reason not to.
+            log::warn!(
+                "factory reset: the old volume cannot be opened ({e:#}); erasing it regardless"
+            );
+            close(d)?;
+            return provision_volume(d);
+        }
+        (Ok(()), Some(id)) => id,
+    };
+    let done = std::fs::read_to_string(Path::new(d.target).join(RESET_FILE)).ok();
+    if done.as_deref().map(str::trim) == Some(id) {
+        log::warn!(
+            "factory reset: this request was already carried out on an earlier boot; not resetting \
+             again (remove systemd.factory_reset= from the boot entry: after one boot without it, \
+             the flag works again; or use a new initrd_helper.factory_reset=ID)"
+        );
+        return Ok(format!("opened {} (reset already done)", d.dev.display()));
+    }
+    sys::mount::umount(Path::new(d.target)).context("unmounting the data before the reset")?;
+    close(d)?;
+    provision_volume(d)
+}
+
+/// Unlocks through the TPM (tpm2); a volume opened by hand with the
+/// recovery key (emergency shell) is used as it is.
+fn open(d: &Data) -> Result<()> {
+    if d.encryption == Encryption::None || sys::verity::is_active(d.name) {
+        return Ok(());
+    }
+    let t = std::time::Instant::now();
+    let ctx = sys::tpm::context(Path::new("/")).map_err(anyhow::Error::msg)?;
+    let pass = provision::unseal_passphrase(ctx, d.dev)?;
+    luks::open(d.dev, d.name, pass.as_bytes())
+        .with_context(|| format!("opening {} as /dev/mapper/{}", d.dev.display(), d.name))?;
+    log::info!(
+        "data: unlocked {} through the TPM in {:.1} ms",
+        d.dev.display(),
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
+
+/// A boot without a reset request re-arms the flags: the next request,
+/// even with the same ID, resets again. (A failure here only means a
+/// repeated request would be skipped, so it is a warning.)
+fn forget_reset(d: &Data) {
+    let f = Path::new(d.target).join(RESET_FILE);
+    match std::fs::remove_file(&f) {
+        Ok(()) => {
+            log::info!("factory reset: no request on this boot; the next one will be honoured")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => log::warn!("factory reset: removing {}: {e}", f.display()),
+    }
+}
+
+fn close(d: &Data) -> Result<()> {
+    if d.encryption == Encryption::Tpm2 && sys::verity::is_active(d.name) {
+        luks::close(d.name).with_context(|| format!("closing /dev/mapper/{}", d.name))?;
+    }
+    Ok(())
+}
+
+fn mount(d: &Data) -> Result<()> {
+    let dev = d.fs_dev();
+    sys::mount::mount_rw(&dev, Path::new(d.target), "ext4")
+        .with_context(|| format!("mounting {} (ext4) at {}", dev.display(), d.target))
+}
+
+/// Logs how long a provisioning phase took (the figures the issue asks for).
+fn timed<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let t = std::time::Instant::now();
+    let r = f()?;
+    log::info!(
+        "data: {what} in {:.1} ms",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    Ok(r)
+}
+
+fn sysname(dev: &Path) -> String {
+    dev.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Marks the partition in progress (grown, fresh UUID), then formats.
+fn mark(d: &Data) -> Result<()> {
+    let uuid = crate::guid::Guid::random_v4(sys::random16().context("reading random bytes")?);
+    let edited = disk_write::edit_entry(d.disk, d.number, d.grow, Some(uuid), IN_PROGRESS_BIT, 0)
+        .with_context(|| {
+        format!(
+            "marking partition {} of {} in progress",
+            d.number,
+            d.disk.display()
+        )
+    })?;
+    if let Some(e) = edited {
+        if let Some(len) = e.grew_to {
+            log::info!("data: grew {} to {} MiB", d.dev.display(), len >> 20);
+        }
+        if !disk_write::udev_refresh(&sysname(d.dev), &e.uuid) {
+            log::warn!(
+                "data: udev did not show {} under its new UUID {} in time",
+                d.dev.display(),
+                e.uuid
+            );
+        }
+    }
+    Ok(())
+}
+
+fn provision_volume(d: &Data) -> Result<String> {
+    log::info!("data: provisioning {}: do not power off", d.dev.display());
+    timed("marked in progress (GPT)", || mark(d))?;
+    close(d)?; // an earlier attempt of this boot (unit restart)
+    let wipe = luks::header_len(d.dev, WIPE_BYTES);
+    timed("wiped the old header", || {
+        disk_write::wipe_start(d.dev, wipe).with_context(|| format!("wiping {}", d.dev.display()))
+    })?;
+    let luks_uuid = match d.encryption {
+        Encryption::Tpm2 => Some(timed("LUKS2 formatted, TPM2-sealed, opened", || {
+            encrypt(d)
+        })?),
+        Encryption::None => None,
+    };
+    let dev = d.fs_dev();
+    timed("mkfs.ext4", || disk_write::mkfs_ext4(&dev, d.mkfs_options))?;
+    mount(d)?;
+    if let Some(id) = d.reset {
+        let f = Path::new(d.target).join(RESET_FILE);
+        crate::machine_id::write(&f, &format!("{id}\n"))
+            .with_context(|| format!("recording the factory reset in {}", f.display()))?;
+    }
+    timed("cleared the in-progress mark", || {
+        disk_write::edit_entry(d.disk, d.number, false, None, 0, IN_PROGRESS_BIT)
+            .map(|_| ())
+            .context("clearing the in-progress mark")
+    })?;
+    Ok(match luks_uuid {
+        Some(u) => format!(
+            "provisioned {} as LUKS2 {u}, ext4 at {}",
+            d.dev.display(),
+            d.target
+        ),
+        None => format!("provisioned {} as ext4 at {}", d.dev.display(), d.target),
+    })
+}
+
+/// LUKS2 + TPM2 keyslot + recovery keyslot; hands the recovery key over.
+fn encrypt(d: &Data) -> Result<String> {
+    let ctx = sys::tpm::context(Path::new("/")).map_err(anyhow::Error::msg)?;
+    let (e, pass) = provision::seal_and_format(ctx, d.dev, d.pcrs)?;
+    hand_over(&e.recovery_key).context("handing over the recovery key")?;
+    log::warn!(
+        "data: a recovery key for LUKS2 volume {} is in {RECOVERY_KEY_FILE} (mode 0400) until \
+         shutdown: store it safely, then delete the file. It is shown nowhere else.",
+        e.luks_uuid
+    );
+    luks::open(d.dev, d.name, pass.as_bytes())
+        .with_context(|| format!("opening the new volume as /dev/mapper/{}", d.name))?;
+    Ok(e.luks_uuid)
+}
+
+/// Writes the recovery key to a 0400 file under /run (survives switch-root,
+/// never reaches a disk). No trailing newline: `cryptsetup open
+/// --key-file=FILE` uses a file's bytes as they are.
+fn hand_over(key: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = Path::new(RECOVERY_KEY_FILE);
+    if let Some(dir) = p.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(p);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(p)?;
+    f.write_all(key.as_bytes())?;
+    f.sync_all()
+}

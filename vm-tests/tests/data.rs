@@ -1,0 +1,417 @@
+//! VM boot scenarios for the data partition: first-boot provisioning on a
+//! disk bigger than the image, unlock on later boots, a TPM whose policy no
+//! longer matches, no TPM at all, factory reset, and power cuts during
+//! provisioning. The TPM scenarios boot through OVMF so the firmware really
+//! measures itself, its settings and Secure Boot state into the PCRs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Command, Stdio};
+use vm_tests::{
+    boot, dbx_update, enlarge, is_machine_id, key_opens, layout, sha256, Artifacts, Boot, BootOpts,
+    Scratch, EMERGENCY,
+};
+
+/// The golden image flashed onto a 4 GiB disk.
+const DISK_BYTES: u64 = 4 << 30;
+
+struct Machine {
+    a: Artifacts,
+    s: Scratch,
+    disk: std::path::PathBuf,
+    vars: Option<std::path::PathBuf>,
+}
+
+impl Machine {
+    /// A fresh machine: the image on a bigger disk, a new TPM, and (with
+    /// `uefi`) its own firmware variable store.
+    fn new(name: &str, uefi: bool) -> Machine {
+        let a = Artifacts::from_env();
+        let s = Scratch::new(name);
+        let disk = s.copy_disk(&a.disk);
+        enlarge(&disk, DISK_BYTES);
+        let vars = uefi.then(|| s.uefi_vars());
+        Machine { a, s, disk, vars }
+    }
+
+    fn opts<'a>(&'a self, name: &'a str, append: &'a str) -> BootOpts<'a> {
+        BootOpts {
+            append,
+            snapshot: false,
+            uefi_vars: self.vars.as_deref(),
+            ..BootOpts::new(name, &self.disk, &self.s.0)
+        }
+    }
+
+    /// A boot that must reach the guest report.
+    fn boot_ok(&self, name: &str, extra: &str) -> Boot {
+        let append = format!("ih_test.poweroff {extra}");
+        let b = boot(&self.a, &self.opts(name, &append));
+        b.check(b.reached, "the guest report never appeared");
+        b.check(
+            b.value("helper_unit_failed") == "0",
+            "initrd-helper.service failed",
+        );
+        b
+    }
+
+    /// A boot that must stop at the emergency target.
+    fn boot_refused(&self, name: &str, extra: &str, tpm: bool) -> Boot {
+        let append = format!("ih_test.poweroff {extra}");
+        let o = BootOpts {
+            marker: EMERGENCY,
+            tpm,
+            ..self.opts(name, &append)
+        };
+        boot(&self.a, &o)
+    }
+
+    /// The data partition's entry on the host: (last LBA, UUID, attributes).
+    fn data_entry(&self) -> (u64, String, String) {
+        let out = Command::new("sfdisk")
+            .arg("-J")
+            .arg(&self.disk)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let parts = v["partitiontable"]["partitions"].as_array().unwrap();
+        let p = parts.last().unwrap();
+        let s = |k: &str| p[k].as_str().unwrap_or("").to_string();
+        (
+            p["start"].as_u64().unwrap() + p["size"].as_u64().unwrap() - 1,
+            s("uuid"),
+            s("attrs"),
+        )
+    }
+}
+
+/// The helper's own console lines (not the guest report's journal copy)
+/// that contain `needle`.
+fn helper_lines(b: &Boot, needle: &str) -> usize {
+    b.lines_with("initrd-helper[")
+        .iter()
+        .filter(|l| !l.contains("IHJ ") && l.contains(needle))
+        .count()
+}
+
+/// The first boot's provisioning, checked in the guest and on the host.
+fn check_provisioned(m: &Machine, b: &Boot) {
+    let r = b.report();
+    b.check(
+        r["data_source"] == "/dev/mapper/data",
+        "/var is not the data volume",
+    );
+    b.check(r["data_fstype"] == "ext4", "/var is not ext4");
+    b.check(
+        r["luks_token_type"] == "\"systemd-tpm2\"",
+        "luksDump shows no systemd-tpm2 token",
+    );
+    b.check(
+        r["luks_keyslots"] == "2",
+        "expected a TPM and a recovery keyslot",
+    );
+    b.check(
+        r["luks_tpm_kdf"] == "PBKDF:pbkdf2",
+        "the TPM keyslot does not use PBKDF2",
+    );
+    b.check(
+        r["recovery_key_file"] == "400 root",
+        "the recovery key hand-off file is not 0400 root",
+    );
+    let key = &r["recovery_key"];
+    b.check(key.len() == 71, "the recovery key has the wrong format");
+    b.check(
+        helper_lines(b, key) == 0,
+        "the helper logged the recovery key",
+    );
+    b.check(is_machine_id(&r["machine_id"]), "invalid machine-id");
+    b.check(
+        helper_lines(b, "step data: done") == 1,
+        "no 'step data: done' line",
+    );
+    // Grown to the disk's end (1 MiB aligned, before the backup GPT), with
+    // a UUID of its own, and the in-progress mark cleared.
+    let (last, uuid, attrs) = m.data_entry();
+    let disk_last = std::fs::metadata(&m.disk).unwrap().len() / 512 - 1;
+    b.check(
+        last + 2048 + 33 >= disk_last && last < disk_last - 33,
+        &format!("data partition ends at LBA {last}, disk at {disk_last}"),
+    );
+    let image_uuid = {
+        let out = Command::new("sfdisk")
+            .arg("-J")
+            .arg(&m.a.disk)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["partitiontable"]["partitions"][5]["uuid"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    b.check(
+        uuid != image_uuid,
+        "the grown partition kept the image's UUID",
+    );
+    b.check(
+        r["data_part_uuid"].eq_ignore_ascii_case(&uuid),
+        "the guest does not see the partition's new UUID",
+    );
+    b.check(!attrs.contains("55"), "the in-progress mark is still set");
+    let ok = Command::new("sfdisk")
+        .arg("--verify")
+        .arg(&m.disk)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    b.check(ok.success(), "sfdisk --verify rejects the grown table");
+}
+
+#[test]
+#[ignore = "VM test: run through `make test`"]
+fn vm_first_boot_provision() {
+    let m = Machine::new("first_boot_provision", true);
+    let b = m.boot_ok("first", "ih_test.write=hello");
+    check_provisioned(&m, &b);
+    b.check(b.value("data_write") == "ok", "writing to /var failed");
+    b.check(
+        b.value("data_token_open") == "ok",
+        "systemd's token plugin cannot unlock the new volume",
+    );
+    // Firmware PCRs are really measured (the default policy binds PCR 7).
+    for p in ["pcr0", "pcr7"] {
+        let v = b.value(p);
+        b.check(
+            v.len() == 64 && v.chars().any(|c| c != '0'),
+            &format!("{p} is not measured: {v:?}"),
+        );
+        eprintln!("first boot: {p} = {v}");
+    }
+    eprintln!(
+        "first boot: data partition {} bytes on a {} byte disk",
+        b.value("data_part_size"),
+        b.value("disk_size")
+    );
+}
+
+#[test]
+#[ignore = "VM test: run through `make test`"]
+fn vm_second_boot_unlock() {
+    let m = Machine::new("second_boot_unlock", true);
+    let b1 = m.boot_ok("first", "ih_test.write=kept");
+    check_provisioned(&m, &b1);
+    let b2 = m.boot_ok("second", "");
+    let (r1, r2) = (b1.report(), b2.report());
+    b2.check(
+        r2["data_probe"] == "kept",
+        "the file written on the first boot is gone",
+    );
+    b2.check(
+        r2["machine_id"] == r1["machine_id"],
+        "the machine-id changed",
+    );
+    b2.check(
+        r2["data_fs_uuid"] == r1["data_fs_uuid"],
+        "the file system was re-made",
+    );
+    b2.check(
+        r2["luks_uuid"] == r1["luks_uuid"],
+        "the LUKS volume was re-made",
+    );
+    b2.check(
+        helper_lines(&b2, "through the TPM") == 1,
+        "no 'unlocked ... through the TPM' line",
+    );
+    b2.check(
+        helper_lines(&b2, "provisioning") == 0,
+        "the second boot provisioned again",
+    );
+    b2.check(
+        r2["recovery_key_file"].is_empty(),
+        "a recovery key was handed out again",
+    );
+}
+
+/// Tries `key` on the LUKS header at the data partition's start, with the
+/// host's plain cryptsetup (no TPM, no token plugin).
+fn recovery_key_opens(m: &Machine, key: &str) -> bool {
+    let (off, _) = *layout(&m.a).last().unwrap();
+    let hdr = m.s.0.join("luks-header.img");
+    let cp = format!(
+        "dd if='{}' of='{}' bs=1M iflag=skip_bytes skip={off} count=16 status=none",
+        m.disk.display(),
+        hdr.display()
+    );
+    assert!(Command::new("sh")
+        .args(["-c", &cp])
+        .status()
+        .unwrap()
+        .success());
+    key_opens(&hdr, key)
+}
+
+#[test]
+#[ignore = "VM test: run through `make test`"]
+fn vm_tpm_mismatch() {
+    let m = Machine::new("tpm_mismatch", true);
+    let b1 = m.boot_ok("enroll", "ih_test.write=precious");
+    check_provisioned(&m, &b1);
+    let key = b1.value("recovery_key");
+    let vars = m.vars.as_deref().unwrap();
+    let before_update = m.s.0.join("vars-before-dbx-update.fd");
+    std::fs::copy(vars, &before_update).unwrap();
+    // A firmware dbx update: PCR 7 changes, the sealed policy no longer matches.
+    dbx_update(vars);
+    let digest = sha256(&m.disk);
+    let b2 = m.boot_refused("after_dbx_update", "", true);
+    b2.check_refused(&["TPM refused to unseal", "recovery key"]);
+    b2.check(
+        sha256(&m.disk) == digest,
+        "the disk changed: no format or wipe allowed",
+    );
+    b2.check(
+        recovery_key_opens(&m, &key),
+        "the recovery key does not open the volume",
+    );
+    // Back on the old firmware state: the TPM unlocks, the file is intact,
+    // and the recovery key opens it in the guest too.
+    std::fs::copy(&before_update, vars).unwrap();
+    let b3 = m.boot_ok("old_firmware", &format!("ih_test.recovery={key}"));
+    b3.check(b3.value("data_probe") == "precious", "the file is gone");
+    b3.check(
+        b3.value("recovery_open") == "ok",
+        "the recovery key failed in the guest",
+    );
+    b3.check(
+        b3.value("luks_uuid") == b1.value("luks_uuid"),
+        "the volume was re-made",
+    );
+}
+
+#[test]
+#[ignore = "VM test: run through `make test`"]
+fn vm_no_tpm() {
+    let m = Machine::new("no_tpm", false);
+    // A blank data partition is not provisioned unencrypted.
+    let digest = sha256(&m.disk);
+    let b1 = m.boot_refused("blank_no_tpm", "", false);
+    b1.check_refused(&["no usable TPM2", "refusing to provision"]);
+    b1.check(sha256(&m.disk) == digest, "the disk changed");
+    // A provisioned one is neither unlocked nor touched without its TPM.
+    let b2 = m.boot_ok("with_tpm", "ih_test.write=mine");
+    check_provisioned(&m, &b2);
+    let digest = sha256(&m.disk);
+    let b3 = m.boot_refused("provisioned_no_tpm", "", false);
+    b3.check_refused(&["no usable TPM2", "cannot unlock", "recovery key"]);
+    b3.check(sha256(&m.disk) == digest, "the disk changed");
+}
+
+#[test]
+#[ignore = "VM test: run through `make test`"]
+fn vm_factory_reset() {
+    let m = Machine::new("factory_reset", true);
+    let b1 = m.boot_ok("before", "ih_test.write=old-data");
+    check_provisioned(&m, &b1);
+    let reset = "systemd.factory_reset=1";
+    let b2 = m.boot_ok("reset", &format!("{reset} ih_test.write=new-data"));
+    let (r1, r2) = (b1.report(), b2.report());
+    b2.check(
+        r2["data_probe"].is_empty(),
+        "data from before the reset survived",
+    );
+    b2.check(r2["data_write"] == "ok", "writing after the reset failed");
+    b2.check(
+        r2["machine_id"] != r1["machine_id"],
+        "the machine-id survived the reset",
+    );
+    b2.check(
+        is_machine_id(&r2["machine_id"]),
+        "invalid machine-id after the reset",
+    );
+    b2.check(
+        r2["luks_uuid"] != r1["luks_uuid"],
+        "the LUKS volume survived the reset",
+    );
+    b2.check(
+        r2["luks_token_type"] == "\"systemd-tpm2\"" && r2["luks_keyslots"] == "2",
+        "the new volume lacks its token or keyslots",
+    );
+    b2.check(
+        r2["recovery_key"].len() == 71 && r2["recovery_key"] != r1["recovery_key"],
+        "no new recovery key after the reset",
+    );
+    // The flag left on the command line: no second reset.
+    let b3 = m.boot_ok("flag_still_on", reset);
+    let r3 = b3.report();
+    b3.check(r3["data_probe"] == "new-data", "the reset repeated");
+    b3.check(
+        r3["machine_id"] == r2["machine_id"],
+        "the machine-id changed again",
+    );
+    b3.check(
+        helper_lines(&b3, "already carried out") == 1,
+        "no warning that the reset was already done",
+    );
+    // And a boot without the flag keeps it all.
+    let b4 = m.boot_ok("flag_removed", "");
+    let r4 = b4.report();
+    b4.check(
+        r4["data_probe"] == "new-data",
+        "data written after the reset is gone",
+    );
+    b4.check(
+        r4["machine_id"] == r2["machine_id"],
+        "the machine-id changed",
+    );
+    b4.check(r4["luks_uuid"] == r2["luks_uuid"], "the volume changed");
+}
+
+/// A boot killed the moment `marker` appears on the console.
+fn power_cut(m: &Machine, name: &str, marker: &'static str) -> Boot {
+    let o = BootOpts {
+        marker,
+        kill_at_marker: true,
+        ..m.opts(name, "ih_test.poweroff")
+    };
+    let b = boot(&m.a, &o);
+    b.check(b.reached, &format!("{marker:?} never appeared"));
+    b
+}
+
+#[test]
+#[ignore = "VM test: run through `make test`"]
+fn vm_interrupted_first_boot() {
+    // A big (sparse) disk: mkfs takes long enough to be cut in the middle.
+    let m = Machine::new("interrupted_first_boot", true);
+    enlarge(&m.disk, 64 << 30);
+    // Cut 1: as soon as the partition is marked, while LUKS is being set up.
+    let b = power_cut(&m, "cut_during_luks", "data: marked in progress");
+    let (_, _, attrs) = m.data_entry();
+    b.check(
+        attrs.contains("55"),
+        &format!("the in-progress mark is not on disk: {attrs:?}"),
+    );
+    // Cut 2: the volume is formatted and open; mkfs is running.
+    let b = power_cut(&m, "cut_during_mkfs", "data: LUKS2 formatted");
+    b.check(
+        helper_lines(&b, "interrupted first boot") >= 1,
+        "the second boot did not recognise the interrupted first boot",
+    );
+    let (_, _, attrs) = m.data_entry();
+    b.check(
+        attrs.contains("55"),
+        "the cut came after provisioning had finished (mark cleared)",
+    );
+    // The next boot converges, and what it stores persists.
+    let b3 = m.boot_ok("converge", "ih_test.write=survives");
+    check_provisioned(&m, &b3);
+    b3.check(b3.value("data_write") == "ok", "writing to /var failed");
+    let b4 = m.boot_ok("later", "");
+    b4.check(
+        b4.value("data_probe") == "survives",
+        "data written after convergence is gone",
+    );
+    b4.check(
+        b4.value("machine_id") == b3.value("machine_id"),
+        "the machine-id changed",
+    );
+}
