@@ -20,8 +20,13 @@ fn step_times(console: &str) -> Vec<(String, f64)> {
                     out.push(("peak RSS (KiB)".to_string(), k));
                 }
             }
-            let parsed = l.split_once(" in ").and_then(|(head, tail)| {
-                let ms: f64 = tail.split_whitespace().next()?.parse().ok()?;
+            // The first " in " followed by a number ("marked in progress
+            // (GPT) in 61.1 ms" has an earlier one).
+            let timed = l.match_indices(" in ").find_map(|(i, _)| {
+                let ms: f64 = l[i + 4..].split_whitespace().next()?.parse().ok()?;
+                Some((&l[..i], ms))
+            });
+            let parsed = timed.and_then(|(head, ms)| {
                 let name = if head.contains("all steps done") {
                     "total".to_string()
                 } else if let Some(phase) = head.split("]: data: ").nth(1) {
@@ -97,7 +102,8 @@ fn main() {
     };
     println!("\nmedian of {n} boots (QEMU TCG, 2 vCPU; ms, each a first boot: writes discarded):");
     for (k, v) in steps.iter_mut() {
-        println!("  helper {k:<12} {:>8.1} ms", med(v));
+        let unit = if k.contains("KiB") { "" } else { " ms" };
+        println!("  helper {k:<24} {:>8.1}{unit}", med(v));
     }
     println!("  guest uptime at report {:>6.2} s", med(&mut uptimes));
     let sizes = std::env::var("IH_BENCH_DISKS_GIB").unwrap_or_else(|_| "2 256".into());
