@@ -41,7 +41,7 @@ fn activate_verity(
     options: &VerityOptions,
 ) -> Result<Outcome> {
     // Only our own earlier run (a restarted unit) can have made it this boot.
-    if sys::verity::is_active(name) {
+    if sys::mapper_active(name) {
         return Ok(Outcome::Skipped(format!(
             "/dev/mapper/{name} already active"
         )));
@@ -167,32 +167,11 @@ fn apply_step(step: &Step) -> Result<Outcome> {
             work,
         } => etc_overlay(target, state_dir, upper, work),
         Step::MachineId { path, source } => write_machine_id(path, source),
-        Step::Data {
-            disk,
-            number,
-            dev,
-            encryption,
-            pcrs,
-            grow,
-            name,
-            target,
-            action,
-            reset,
-            mkfs_options,
-        } => data::run(&data::Data {
-            disk,
-            number: *number,
-            dev,
-            encryption: *encryption,
-            pcrs,
-            grow: *grow,
-            name,
-            target,
-            action,
-            reset: reset.as_deref(),
-            mkfs_options,
-        })
-        .map(Outcome::Did),
+        Step::Data(d) => match mountinfo::find(&sys::mount::table(), &d.target) {
+            // A restarted unit: the volume is open and mounted already.
+            Some(_) => Ok(Outcome::Skipped(format!("{} already mounted", d.target))),
+            None => data::run(d).map(Outcome::Did),
+        },
     }
 }
 

@@ -11,8 +11,7 @@
 //! mid-reset also converges.
 
 use crate::config::Encryption;
-use crate::mountinfo;
-use crate::plan::{DataAction, IN_PROGRESS_BIT};
+use crate::plan::{DataAction, DataStep, IN_PROGRESS_BIT};
 use crate::provision;
 use crate::sys::{self, disk_write, luks};
 use anyhow::{Context, Result};
@@ -26,49 +25,27 @@ const RESET_FILE: &str = "lib/initrd-helper/factory-reset";
 /// LUKS2's default header + keyslot area, and every fs superblock there.
 const WIPE_BYTES: u64 = 16 << 20;
 
-/// The Data step's fields, borrowed from the plan.
-pub struct Data<'a> {
-    pub disk: &'a Path,
-    pub number: u32,
-    pub dev: &'a Path,
-    pub encryption: Encryption,
-    pub pcrs: &'a [u8],
-    pub grow: bool,
-    pub name: &'a str,
-    pub target: &'a str,
-    pub action: &'a DataAction,
-    pub reset: Option<&'a str>,
-    pub mkfs_options: &'a [String],
-}
-
-impl Data<'_> {
+impl DataStep {
     /// The device holding the file system.
     fn fs_dev(&self) -> PathBuf {
         match self.encryption {
-            Encryption::Tpm2 => Path::new("/dev/mapper").join(self.name),
-            Encryption::None => self.dev.to_path_buf(),
+            Encryption::Tpm2 => Path::new("/dev/mapper").join(&self.name),
+            Encryption::None => self.dev.clone(),
         }
-    }
-
-    fn mounted(&self) -> bool {
-        mountinfo::find(&sys::mount::table(), self.target).is_some()
     }
 }
 
 /// Runs the step; the text says what was done, for the step's log line.
-pub fn run(d: &Data) -> Result<String> {
-    if d.mounted() {
-        return Ok(format!("skipped: {} already mounted", d.target));
-    }
+pub fn run(d: &DataStep) -> Result<String> {
     match d.action {
         DataAction::Provision(_) => provision_volume(d),
         DataAction::Open => open_or_reset(d),
     }
 }
 
-fn open_or_reset(d: &Data) -> Result<String> {
+fn open_or_reset(d: &DataStep) -> Result<String> {
     let opened = open(d).and_then(|_| mount(d));
-    let id = match (opened, d.reset) {
+    let id = match (opened, d.reset.as_deref()) {
         (Ok(()), None) => {
             forget_reset(d);
             return Ok(format!(
@@ -88,7 +65,7 @@ fn open_or_reset(d: &Data) -> Result<String> {
         }
         (Ok(()), Some(id)) => id,
     };
-    let done = std::fs::read_to_string(Path::new(d.target).join(RESET_FILE)).ok();
+    let done = std::fs::read_to_string(Path::new(&d.target).join(RESET_FILE)).ok();
     if done.as_deref().map(str::trim) == Some(id) {
         log::warn!(
             "factory reset: this request was already carried out on an earlier boot; not resetting \
@@ -97,21 +74,21 @@ fn open_or_reset(d: &Data) -> Result<String> {
         );
         return Ok(format!("opened {} (reset already done)", d.dev.display()));
     }
-    sys::mount::umount(Path::new(d.target)).context("unmounting the data before the reset")?;
+    sys::mount::umount(Path::new(&d.target)).context("unmounting the data before the reset")?;
     close(d)?;
     provision_volume(d)
 }
 
 /// Unlocks through the TPM (tpm2); a volume opened by hand with the
 /// recovery key (emergency shell) is used as it is.
-fn open(d: &Data) -> Result<()> {
-    if d.encryption == Encryption::None || sys::verity::is_active(d.name) {
+fn open(d: &DataStep) -> Result<()> {
+    if d.encryption == Encryption::None || sys::mapper_active(&d.name) {
         return Ok(());
     }
     let t = std::time::Instant::now();
     let ctx = sys::tpm::context(Path::new("/")).map_err(anyhow::Error::msg)?;
-    let pass = provision::unseal_passphrase(ctx, d.dev)?;
-    luks::open(d.dev, d.name, pass.as_bytes())
+    let pass = provision::unseal_passphrase(ctx, &d.dev)?;
+    luks::open(&d.dev, &d.name, pass.as_bytes())
         .with_context(|| format!("opening {} as /dev/mapper/{}", d.dev.display(), d.name))?;
     log::info!(
         "data: unlocked {} through the TPM in {:.1} ms",
@@ -124,8 +101,8 @@ fn open(d: &Data) -> Result<()> {
 /// A boot without a reset request re-arms the flags: the next request,
 /// even with the same ID, resets again. (A failure here only means a
 /// repeated request would be skipped, so it is a warning.)
-fn forget_reset(d: &Data) {
-    let f = Path::new(d.target).join(RESET_FILE);
+fn forget_reset(d: &DataStep) {
+    let f = Path::new(&d.target).join(RESET_FILE);
     match std::fs::remove_file(&f) {
         Ok(()) => {
             log::info!("factory reset: no request on this boot; the next one will be honoured")
@@ -135,16 +112,16 @@ fn forget_reset(d: &Data) {
     }
 }
 
-fn close(d: &Data) -> Result<()> {
-    if d.encryption == Encryption::Tpm2 && sys::verity::is_active(d.name) {
-        luks::close(d.name).with_context(|| format!("closing /dev/mapper/{}", d.name))?;
+fn close(d: &DataStep) -> Result<()> {
+    if d.encryption == Encryption::Tpm2 && sys::mapper_active(&d.name) {
+        luks::close(&d.name).with_context(|| format!("closing /dev/mapper/{}", d.name))?;
     }
     Ok(())
 }
 
-fn mount(d: &Data) -> Result<()> {
+fn mount(d: &DataStep) -> Result<()> {
     let dev = d.fs_dev();
-    sys::mount::mount_rw(&dev, Path::new(d.target), "ext4")
+    sys::mount::mount_rw(&dev, Path::new(&d.target), "ext4")
         .with_context(|| format!("mounting {} (ext4) at {}", dev.display(), d.target))
 }
 
@@ -166,21 +143,21 @@ fn sysname(dev: &Path) -> String {
 }
 
 /// Marks the partition in progress (grown, fresh UUID), then formats.
-fn mark(d: &Data) -> Result<()> {
+fn mark(d: &DataStep) -> Result<()> {
     let uuid = crate::guid::Guid::random_v4(sys::random16().context("reading random bytes")?);
-    let edited = disk_write::edit_entry(d.disk, d.number, d.grow, Some(uuid), IN_PROGRESS_BIT, 0)
+    let edited = disk_write::edit_entry(&d.disk, d.number, d.grow, Some(uuid), IN_PROGRESS_BIT, 0)
         .with_context(|| {
-        format!(
-            "marking partition {} of {} in progress",
-            d.number,
-            d.disk.display()
-        )
-    })?;
+            format!(
+                "marking partition {} of {} in progress",
+                d.number,
+                d.disk.display()
+            )
+        })?;
     if let Some(e) = edited {
         if let Some(len) = e.grew_to {
             log::info!("data: grew {} to {} MiB", d.dev.display(), len >> 20);
         }
-        if !disk_write::udev_refresh(&sysname(d.dev), &e.uuid) {
+        if !disk_write::udev_refresh(&sysname(&d.dev), &e.uuid) {
             log::warn!(
                 "data: udev did not show {} under its new UUID {} in time",
                 d.dev.display(),
@@ -191,13 +168,13 @@ fn mark(d: &Data) -> Result<()> {
     Ok(())
 }
 
-fn provision_volume(d: &Data) -> Result<String> {
+fn provision_volume(d: &DataStep) -> Result<String> {
     log::info!("data: provisioning {}: do not power off", d.dev.display());
     timed("marked in progress (GPT)", || mark(d))?;
     close(d)?; // an earlier attempt of this boot (unit restart)
-    let wipe = luks::header_len(d.dev, WIPE_BYTES);
+    let wipe = luks::header_len(&d.dev, WIPE_BYTES);
     timed("wiped the old header", || {
-        disk_write::wipe_start(d.dev, wipe).with_context(|| format!("wiping {}", d.dev.display()))
+        disk_write::wipe_start(&d.dev, wipe).with_context(|| format!("wiping {}", d.dev.display()))
     })?;
     let luks_uuid = match d.encryption {
         Encryption::Tpm2 => Some(timed("LUKS2 formatted, TPM2-sealed, opened", || {
@@ -206,15 +183,15 @@ fn provision_volume(d: &Data) -> Result<String> {
         Encryption::None => None,
     };
     let dev = d.fs_dev();
-    timed("mkfs.ext4", || disk_write::mkfs_ext4(&dev, d.mkfs_options))?;
+    timed("mkfs.ext4", || disk_write::mkfs_ext4(&dev, &d.mkfs_options))?;
     mount(d)?;
-    if let Some(id) = d.reset {
-        let f = Path::new(d.target).join(RESET_FILE);
+    if let Some(id) = &d.reset {
+        let f = Path::new(&d.target).join(RESET_FILE);
         crate::machine_id::write(&f, &format!("{id}\n"))
             .with_context(|| format!("recording the factory reset in {}", f.display()))?;
     }
     timed("cleared the in-progress mark", || {
-        disk_write::edit_entry(d.disk, d.number, false, None, 0, IN_PROGRESS_BIT)
+        disk_write::edit_entry(&d.disk, d.number, false, None, 0, IN_PROGRESS_BIT)
             .map(|_| ())
             .context("clearing the in-progress mark")
     })?;
@@ -229,16 +206,16 @@ fn provision_volume(d: &Data) -> Result<String> {
 }
 
 /// LUKS2 + TPM2 keyslot + recovery keyslot; hands the recovery key over.
-fn encrypt(d: &Data) -> Result<String> {
+fn encrypt(d: &DataStep) -> Result<String> {
     let ctx = sys::tpm::context(Path::new("/")).map_err(anyhow::Error::msg)?;
-    let (e, pass) = provision::seal_and_format(ctx, d.dev, d.pcrs)?;
+    let (e, pass) = provision::seal_and_format(ctx, &d.dev, &d.pcrs)?;
     hand_over(&e.recovery_key).context("handing over the recovery key")?;
     log::warn!(
         "data: a recovery key for LUKS2 volume {} is in {RECOVERY_KEY_FILE} (mode 0400) until \
          shutdown: store it safely, then delete the file. It is shown nowhere else.",
         e.luks_uuid
     );
-    luks::open(d.dev, d.name, pass.as_bytes())
+    luks::open(&d.dev, &d.name, pass.as_bytes())
         .with_context(|| format!("opening the new volume as /dev/mapper/{}", d.name))?;
     Ok(e.luks_uuid)
 }

@@ -106,6 +106,27 @@ pub enum MachineIdSource {
     Persisted(String),
 }
 
+/// Everything the data step needs (carried out by `data::run`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DataStep {
+    /// The whole boot disk (GPT edits, BLKPG).
+    pub disk: PathBuf,
+    pub number: u32,
+    pub dev: PathBuf,
+    pub encryption: Encryption,
+    pub pcrs: Vec<u8>,
+    /// Grow to the disk's end when provisioning (last partition only).
+    pub grow: bool,
+    /// /dev/mapper name (tpm2).
+    pub name: String,
+    /// Mount point inside the root (e.g. /sysroot/var).
+    pub target: String,
+    pub action: DataAction,
+    /// A factory reset request's ID (see README "Factory reset").
+    pub reset: Option<String>,
+    pub mkfs_options: Vec<String>,
+}
+
 /// What the data step does with the partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", content = "why", rename_all = "kebab-case")]
@@ -154,24 +175,7 @@ pub enum Step {
     },
     /// The data partition: grow + format on first boot, unlock and mount on
     /// every boot, cryptographic erase on a factory reset.
-    Data {
-        /// The whole boot disk (GPT edits, BLKPG).
-        disk: PathBuf,
-        number: u32,
-        dev: PathBuf,
-        encryption: Encryption,
-        pcrs: Vec<u8>,
-        /// Grow to the disk's end when provisioning (last partition only).
-        grow: bool,
-        /// /dev/mapper name (tpm2).
-        name: String,
-        /// Mount point inside the root (e.g. /sysroot/var).
-        target: String,
-        action: DataAction,
-        /// A factory reset request's ID (done once per ID: see README).
-        reset: Option<String>,
-        mkfs_options: Vec<String>,
-    },
+    Data(DataStep),
     /// Write /etc/machine-id into the (writable) /etc.
     MachineId {
         path: String,
@@ -185,7 +189,7 @@ impl Step {
         match self {
             Step::ActivateVerity { .. } => "verity",
             Step::MountRoot { .. } => "mount-root",
-            Step::Data { .. } => "data",
+            Step::Data(_) => "data",
             Step::EtcOverlay { .. } => "etc-overlay",
             Step::MachineId { .. } => "machine-id",
         }
@@ -229,7 +233,7 @@ impl Step {
             Step::EtcOverlay { target, upper, .. } => {
                 format!("overlay {target} (lower: image, upper: tmpfs {upper})")
             }
-            Step::Data {
+            Step::Data(DataStep {
                 dev,
                 encryption,
                 target,
@@ -238,7 +242,7 @@ impl Step {
                 pcrs,
                 grow,
                 ..
-            } => {
+            }) => {
                 let how = match encryption {
                     Encryption::Tpm2 => format!("LUKS2 sealed to TPM2 PCRs {pcrs:?}"),
                     Encryption::None => "unencrypted ext4".into(),
@@ -502,7 +506,7 @@ fn data_step(
         warnings.push(format!("{dev} is not the last partition: it is not grown"));
     }
     let root = cfg.root.mount_point.trim_end_matches('/');
-    Ok(Some(Step::Data {
+    Ok(Some(Step::Data(DataStep {
         disk: disk.dev.clone(),
         number: p.gpt.number,
         dev: p.dev.clone(),
@@ -514,7 +518,7 @@ fn data_step(
         action,
         reset,
         mkfs_options: cfg.data.mkfs_options.clone(),
-    }))
+    })))
 }
 
 /// Partition UUIDs the DPS derives from a root hash: the first 128 bits
@@ -652,7 +656,7 @@ pub fn plan(facts: &Facts, cmd: &Cmdline, cfg: &Config) -> Result<Plan, PlanErro
     }
     let data = data_step(facts, disk, cmd, cfg, &mut warnings)?;
     let data_target = match &data {
-        Some(Step::Data { target, .. }) => Some(target.clone()),
+        Some(Step::Data(d)) => Some(d.target.clone()),
         _ => None,
     };
     steps.extend(data);
@@ -1093,7 +1097,7 @@ pub(crate) mod tests {
 
     fn action(s: &Step) -> (&DataAction, Option<&str>) {
         match s {
-            Step::Data { action, reset, .. } => (action, reset.as_deref()),
+            Step::Data(d) => (&d.action, d.reset.as_deref()),
             s => panic!("{s:?}"),
         }
     }
@@ -1104,7 +1108,7 @@ pub(crate) mod tests {
         let blank = data_plan(&data_facts(Ok(Signature::None), 0, true), &cmd).unwrap();
         assert!(matches!(action(&blank).0, DataAction::Provision(w) if w.contains("blank")));
         match &blank {
-            Step::Data { grow, target, .. } => assert!(*grow && target == "/sysroot/var"),
+            Step::Data(d) => assert!(d.grow && d.target == "/sysroot/var"),
             _ => unreachable!(),
         }
         let luks = Ok(Signature::Found("crypto_LUKS".into()));

@@ -45,13 +45,15 @@ pub fn edit_entry(
         .iter()
         .find(|p| p.number == number)
         .with_context(|| format!("partition {number} vanished from {}", disk.display()))?;
-    let attrs = (p.attributes | set) & !clear;
+    let (attrs, first_lba) = ((p.attributes | set) & !clear, p.first_lba);
     let Some(g) = gpt_grow::plan_edit(&table, size, number, grow, new_uuid, attrs)? else {
         return Ok(None);
     };
     gpt_grow::write_grow(&mut f, &table, &g)?;
     f.sync_all().context("syncing the partition table")?;
-    let grew_to = (g.new_last_lba != g.old_last_lba).then(|| resize_kernel(disk, &table, &g));
+    let ss = table.sector_size;
+    let grew_to =
+        (g.new_last_lba != g.old_last_lba).then(|| resize_kernel(disk, ss, first_lba, &g));
     let grew_to = grew_to.transpose()?;
     Ok(Some(Edited {
         grew_to,
@@ -59,17 +61,10 @@ pub fn edit_entry(
     }))
 }
 
-fn resize_kernel(disk: &Path, table: &gpt::Gpt, g: &Grow) -> anyhow::Result<u64> {
+fn resize_kernel(disk: &Path, ss: u64, first_lba: u64, g: &Grow) -> anyhow::Result<u64> {
     use anyhow::Context;
-    let ss = table.sector_size;
-    let first = table
-        .partitions
-        .iter()
-        .find(|p| p.number == g.number)
-        .map(|p| p.first_lba)
-        .unwrap_or_default();
-    let len = (g.new_last_lba + 1 - first) * ss;
-    super::blkpg::resize_partition(disk, g.number, first * ss, len)
+    let len = (g.new_last_lba + 1 - first_lba) * ss;
+    super::blkpg::resize_partition(disk, g.number, first_lba * ss, len)
         .context("telling the kernel the partition's new size (BLKPG_RESIZE_PARTITION)")?;
     Ok(len)
 }

@@ -37,6 +37,17 @@ pub fn disks(
     }
 }
 
+/// Whether a device-mapper device `/dev/mapper/NAME` exists already
+/// (verity root, data volume): made by an earlier run of this boot, or by
+/// hand from the emergency shell.
+pub fn mapper_active(name: &str) -> bool {
+    use libcryptsetup_rs::consts::vals::CryptStatusInfo;
+    matches!(
+        libcryptsetup_rs::status(None, name),
+        Ok(CryptStatusInfo::Active | CryptStatusInfo::Busy)
+    )
+}
+
 /// 16 random bytes from the kernel (blocks only until the CRNG is ready).
 pub fn random16() -> std::io::Result<[u8; 16]> {
     let mut b = [0u8; 16];

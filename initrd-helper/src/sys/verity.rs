@@ -4,7 +4,7 @@
 
 use crate::verity::{OnCorruption, VerityOptions};
 use libcryptsetup_rs::consts::flags::CryptActivate;
-use libcryptsetup_rs::consts::vals::{CryptStatusInfo, EncryptionFormat};
+use libcryptsetup_rs::consts::vals::EncryptionFormat;
 use libcryptsetup_rs::{CryptInit, Either, LibcryptErr};
 use std::path::Path;
 
@@ -36,14 +36,6 @@ fn flags(o: &VerityOptions) -> CryptActivate {
         f |= CryptActivate::CHECK_AT_MOST_ONCE;
     }
     f
-}
-
-/// Whether a device-mapper device `name` exists already.
-pub fn is_active(name: &str) -> bool {
-    matches!(
-        libcryptsetup_rs::status(None, name),
-        Ok(CryptStatusInfo::Active | CryptStatusInfo::Busy)
-    )
 }
 
 /// Activates `/dev/mapper/NAME`. `signature`: PKCS#7 of the root hash,
