@@ -95,6 +95,9 @@ pub enum TpmFacts {
 pub struct Facts {
     pub disks: Vec<DiskFacts>,
     pub tpm: TpmFacts,
+    /// `/dev/mapper/data` exists already: opened by hand with the recovery
+    /// key (emergency shell), or by an earlier run of this boot.
+    pub data_open: bool,
 }
 
 #[cfg(test)]

@@ -133,6 +133,7 @@ fn plan_with_wait(
         let facts = facts::Facts {
             disks,
             tpm: tpm.clone(),
+            data_open: sys::mapper_active(plan::DATA_NAME),
         };
         match plan::plan(&facts, &i.cmd, &i.cfg) {
             Ok(p) => return Ok((p, facts)),

@@ -487,7 +487,9 @@ fn data_step(
     let action = data_action(p, cfg, reset.is_some())?;
     let dev = p.dev.display().to_string();
     let tpm_ok = matches!(facts.tpm, TpmFacts::Present { .. });
-    if cfg.data.encryption == Encryption::Tpm2 && !tpm_ok {
+    // Opened by hand with the recovery key: only the mount is left to do.
+    let opened = action == DataAction::Open && reset.is_none() && facts.data_open;
+    if cfg.data.encryption == Encryption::Tpm2 && !tpm_ok && !opened {
         let tpm = tpm_text(&facts.tpm);
         return Err(match action {
             DataAction::Open if reset.is_none() => PlanError::NoTpmToUnlock {
@@ -731,6 +733,7 @@ pub(crate) mod tests {
         Facts {
             disks,
             tpm: TpmFacts::Absent,
+            data_open: false,
         }
     }
 
@@ -1159,8 +1162,12 @@ pub(crate) mod tests {
         assert!(matches!(e, PlanError::NoTpmToProvision { .. }), "{e}");
         assert!(e.may_resolve_by_waiting());
         let luks = Ok(Signature::Found("crypto_LUKS".into()));
-        let e = data_plan(&data_facts(luks, 0, false), &cmd).unwrap_err();
+        let mut f = data_facts(luks, 0, false);
+        let e = data_plan(&f, &cmd).unwrap_err();
         assert!(e.to_string().contains("recovery key"), "{e}");
+        // ... which, opened by hand from the emergency shell, is mounted.
+        f.data_open = true;
+        assert_eq!(action(&data_plan(&f, &cmd).unwrap()).0, &DataAction::Open);
         // encryption = "none" needs no TPM.
         let mut cfg = dev_cfg();
         cfg.data.enabled = true;
