@@ -28,7 +28,8 @@ venv() {
   local v="$cache/venv-${VIRT_FIRMWARE//[=.]/-}"
   if [ ! -x "$v/bin/virt-fw-vars" ]; then
     rm -rf "$v"
-    python3 -m venv "$v"
+    # Debian's python3 (with python3-venv above), not whatever python3 is first on PATH.
+    /usr/bin/python3 -m venv "$v"
     "$v/bin/pip" install -q "$VIRT_FIRMWARE"
   fi
 }
