@@ -7,7 +7,7 @@ BIN := target/x86_64-unknown-linux-gnu/release/initrd-helper
 VM_DIR = $(IH_CACHE)/vm/current
 VIRT_FW_VARS = $(wildcard $(IH_CACHE)/venv-*/bin/virt-fw-vars)
 
-.PHONY: all deps static build lint unit images check-static vm test demo bench clean
+.PHONY: all deps static build lint unit images check-static vm test demo bench fuzz clean
 
 all: build
 
@@ -25,7 +25,7 @@ lint: static
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 unit: static
-	$(CARGO) test --locked -p initrd-helper --bins
+	$(CARGO) test --locked -p initrd-helper --lib --bins
 
 images: build
 	vm-tests/build-image.sh $(BIN) >/dev/null
@@ -53,6 +53,11 @@ demo: images
 
 bench: images
 	IH_VM_DIR=$(VM_DIR) $(CARGO) run --locked -q --release -p vm-tests --bin bench
+
+# Every cargo-fuzz target for IH_FUZZ_SECS (default 60) seconds; prints
+# executions and crashes per target (make test replays the committed corpus).
+fuzz: static
+	@scripts/fuzz.sh
 
 clean:
 	rm -rf target $(IH_CACHE)

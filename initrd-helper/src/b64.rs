@@ -1,58 +1,38 @@
-//! Standard base64 (RFC 4648, `+/`, padding optional) decoding, strict:
-//! a malformed value in a security option must be refused, not guessed at.
+//! Standard base64 (RFC 4648, `+/`), strict, through the `base64` crate:
+//! a malformed value in a security option or a token must be refused, not
+//! guessed at. Accepted: canonical padding (systemd writes it) or none at
+//! all (hand-typed command lines); refused: partial or extra padding
+//! (`Zg=`, `Zm9v==`), non-zero trailing bits, anything outside the alphabet.
+
+use base64::alphabet::STANDARD;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid base64")]
 pub struct B64Error;
 
-fn value(c: u8) -> Result<u32, B64Error> {
-    match c {
-        b'A'..=b'Z' => Ok((c - b'A') as u32),
-        b'a'..=b'z' => Ok((c - b'a' + 26) as u32),
-        b'0'..=b'9' => Ok((c - b'0' + 52) as u32),
-        b'+' => Ok(62),
-        b'/' => Ok(63),
-        _ => Err(B64Error),
-    }
-}
-
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const PADDED: GeneralPurpose = GeneralPurpose::new(
+    &STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::RequireCanonical),
+);
+const UNPADDED: GeneralPurpose = GeneralPurpose::new(
+    &STANDARD,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::RequireNone),
+);
 
 /// Standard base64 with padding (systemd's token fields and the TPM
 /// passphrase rule use this form).
 pub fn encode(b: &[u8]) -> String {
-    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
-    for chunk in b.chunks(3) {
-        let mut n = [0u8; 3];
-        n[..chunk.len()].copy_from_slice(chunk);
-        let v = u32::from_be_bytes([0, n[0], n[1], n[2]]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(v >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    PADDED.encode(b)
 }
 
 pub fn decode(s: &str) -> Result<Vec<u8>, B64Error> {
-    let body = s.trim_end_matches('=');
-    if s.len() - body.len() > 2 || body.len() % 4 == 1 {
-        return Err(B64Error);
-    }
-    let mut out = Vec::with_capacity(body.len() * 3 / 4);
-    for chunk in body.as_bytes().chunks(4) {
-        let mut acc = 0u32;
-        for &c in chunk {
-            acc = (acc << 6) | value(c)?;
-        }
-        acc <<= 6 * (4 - chunk.len() as u32);
-        let bytes = acc.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
-    }
-    Ok(out)
+    let engine = if s.contains('=') { &PADDED } else { &UNPADDED };
+    engine.decode(s).map_err(|_| B64Error)
 }
 
 #[cfg(test)]
@@ -92,7 +72,16 @@ mod tests {
 
     #[test]
     fn refuses_garbage() {
-        for bad in ["Z", "Zm9v!", "Zm===", "Zm9v Zg=="] {
+        for bad in [
+            "Z",
+            "Zm9v!",
+            "Zm===",
+            "Zm9v Zg==",
+            "Zm9v==",
+            "Zg=",
+            "Zh==",
+            "Zm9=v",
+        ] {
             assert_eq!(decode(bad), Err(B64Error), "{bad}");
         }
     }

@@ -127,10 +127,18 @@ pub fn parse_bool(v: Option<&str>) -> Option<bool> {
     }
 }
 
+/// The longest value an error echoes: a 50 KB value is cut, not repeated.
+const MAX_ECHO: usize = 80;
+
 fn refuse(key: &str, value: Option<&str>, reason: &str) -> CmdlineError {
+    let v = value.unwrap_or("");
+    let value = match v.char_indices().nth(MAX_ECHO) {
+        Some((i, _)) => format!("{}... ({} bytes)", &v[..i], v.len()),
+        None => v.to_string(),
+    };
     CmdlineError {
-        key: key.to_string(),
-        value: value.unwrap_or("").to_string(),
+        key: key.chars().take(MAX_ECHO).collect(),
+        value,
         reason: reason.to_string(),
     }
 }

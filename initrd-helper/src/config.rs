@@ -150,13 +150,30 @@ pub struct Config {
 pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
     let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
         path: path.into(),
-        message: e.message().to_string(),
+        message: match e.span() {
+            Some(span) => format!("{}: {}", where_in(text, span.start), e.message()),
+            None => e.message().to_string(),
+        },
     })?;
     validate(&cfg).map_err(|message| ConfigError::Parse {
         path: path.into(),
         message,
     })?;
     Ok(cfg)
+}
+
+/// "line N (`text of that line`)", cut to a sane length: the message
+/// names the key even when toml's own message does not.
+fn where_in(text: &str, at: usize) -> String {
+    let at = at.min(text.len());
+    let line_no = text.as_bytes()[..at]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+    let shown: String = line.chars().take(80).collect();
+    format!("line {line_no} ({shown})")
 }
 
 fn validate(cfg: &Config) -> Result<(), String> {

@@ -11,9 +11,10 @@
 //! mid-reset also converges.
 
 use crate::config::Encryption;
+use crate::identity;
 use crate::plan::{DataAction, DataStep, IN_PROGRESS_BIT};
 use crate::provision;
-use crate::sys::{self, disk_write, luks};
+use crate::sys::{self, disk_write, luks, tpm_bind};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -79,23 +80,44 @@ fn open_or_reset(d: &DataStep) -> Result<String> {
     provision_volume(d)
 }
 
-/// Unlocks through the TPM (tpm2); a volume opened by hand with the
-/// recovery key (emergency shell) is used as it is.
+/// Unlocks through the TPM (tpm2), but only a volume this machine
+/// provisioned (exact token policy, then the TPM binding); a volume opened
+/// by hand with the recovery key (emergency shell) is used as it is.
 fn open(d: &DataStep) -> Result<()> {
     if d.encryption == Encryption::None || sys::mapper_active(&d.name) {
         return Ok(());
     }
     let t = std::time::Instant::now();
-    let ctx = sys::tpm::context(Path::new("/")).map_err(anyhow::Error::msg)?;
-    let pass = provision::unseal_passphrase(ctx, &d.dev)?;
-    luks::open(&d.dev, &d.name, pass.as_bytes())
-        .with_context(|| format!("opening {} as /dev/mapper/{}", d.dev.display(), d.name))?;
+    let mut ctx = sys::tpm::context(Path::new("/")).map_err(anyhow::Error::msg)?;
+    let pass = provision::unseal_passphrase(&mut ctx, &d.dev, &d.pcrs)?;
+    let vol = luks::volume_key(&d.dev, pass.as_bytes())?;
+    let digest = identity::binding_digest(&vol.uuid, &vol.key);
+    tpm_bind::check(&mut ctx, &d.pcrs, &digest).map_err(|e| {
+        anyhow::anyhow!(
+            "{} holds LUKS2 volume {} that this machine did not provision: {e}. {}",
+            d.dev.display(),
+            vol.uuid,
+            provision::FOREIGN_ADVICE
+        )
+    })?;
+    activate(&mut ctx, d, &vol)?;
     log::info!(
-        "data: unlocked {} through the TPM in {:.1} ms",
+        "data: unlocked {} through the TPM (LUKS2 {}, bound to this machine) in {:.1} ms",
         d.dev.display(),
+        vol.uuid,
         t.elapsed().as_secs_f64() * 1000.0
     );
     Ok(())
+}
+
+/// Opens the volume by its key and measures it into PCR 15 (systemd's
+/// `tpm2-measure-pcr=yes` event): from here on, the binding index cannot
+/// be written, and nothing sealed to "no volume open yet" unseals.
+fn activate(ctx: &mut tss_esapi::Context, d: &DataStep, vol: &luks::Volume) -> Result<()> {
+    luks::open_with_key(&d.dev, &d.name, &vol.key)
+        .with_context(|| format!("opening {} as /dev/mapper/{}", d.dev.display(), d.name))?;
+    let event = identity::pcr15_event(&d.name, &vol.uuid, &vol.key);
+    tpm_bind::measure(ctx, &event).context("measuring the opened volume into PCR 15")
 }
 
 /// A boot without a reset request re-arms the flags: the next request,
@@ -205,18 +227,22 @@ fn provision_volume(d: &DataStep) -> Result<String> {
     })
 }
 
-/// LUKS2 + TPM2 keyslot + recovery keyslot; hands the recovery key over.
+/// LUKS2 + TPM2 keyslot + recovery keyslot, bound to this TPM; hands the
+/// recovery key over, opens and measures the new volume.
 fn encrypt(d: &DataStep) -> Result<String> {
-    let ctx = sys::tpm::context(Path::new("/")).map_err(anyhow::Error::msg)?;
-    let (e, pass) = provision::seal_and_format(ctx, &d.dev, &d.pcrs)?;
+    let mut ctx = sys::tpm::context(Path::new("/")).map_err(anyhow::Error::msg)?;
+    let (e, pass) = provision::seal_and_format(&mut ctx, &d.dev, &d.pcrs)?;
+    let vol = luks::volume_key(&d.dev, pass.as_bytes())?;
+    let digest = identity::binding_digest(&vol.uuid, &vol.key);
+    tpm_bind::write(&mut ctx, &d.pcrs, &digest)
+        .context("binding the new volume to this TPM (NV index)")?;
     hand_over(&e.recovery_key).context("handing over the recovery key")?;
     log::warn!(
         "data: a recovery key for LUKS2 volume {} is in {RECOVERY_KEY_FILE} (mode 0400) until \
          shutdown: store it safely, then delete the file. It is shown nowhere else.",
         e.luks_uuid
     );
-    luks::open(&d.dev, &d.name, pass.as_bytes())
-        .with_context(|| format!("opening the new volume as /dev/mapper/{}", d.name))?;
+    activate(&mut ctx, d, &vol)?;
     Ok(e.luks_uuid)
 }
 

@@ -75,6 +75,9 @@ pub struct DiskFacts {
     /// The parsed GPT, or why it could not be read.
     pub table: Result<Gpt, String>,
     pub partitions: Vec<PartitionFacts>,
+    /// The kernel is still creating its device nodes (the disk's, or some
+    /// of its partitions'): no boot-disk decision is made while one is.
+    pub settling: bool,
 }
 
 impl DiskFacts {
@@ -98,6 +101,33 @@ pub struct Facts {
     /// `/dev/mapper/data` exists already: opened by hand with the recovery
     /// key (emergency shell), or by an earlier run of this boot.
     pub data_open: bool,
+    /// The ESP the firmware booted from, as systemd-boot/systemd-stub
+    /// report it (the `LoaderDevicePartUUID` EFI variable).
+    pub loader_partuuid: Option<crate::guid::Guid>,
+}
+
+/// systemd's loader variables' vendor GUID (efivarfs file name suffix).
+pub const LOADER_VENDOR: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+
+/// Parses an efivarfs `LoaderDevicePartUUID` file: 4 bytes of attributes,
+/// then the UUID as UTF-16LE text (upper case, maybe NUL-terminated).
+/// Anything else (too long, not a UUID) is `None`: a cosmetic hint only
+/// narrows the choice, and a bad one is ignored, never guessed at.
+pub fn parse_loader_partuuid(b: &[u8]) -> Option<crate::guid::Guid> {
+    let text = b.get(4..)?;
+    if text.len() > 128 || text.len() % 2 != 0 {
+        return None;
+    }
+    let units: Vec<u16> = text
+        .chunks(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .take_while(|&u| u != 0)
+        .collect();
+    String::from_utf16(&units)
+        .ok()?
+        .to_ascii_lowercase()
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -123,6 +153,19 @@ mod tests {
         fat[510] = 0x55;
         fat[511] = 0xAA;
         assert_eq!(probe_fs(&fat), Some(FsKind::Vfat));
+    }
+
+    #[test]
+    fn loader_partuuid_parses_systemds_format() {
+        let mut b = vec![6, 0, 0, 0];
+        for u in "9A0B1C2D-0000-4000-8000-00000000ABCD\0".encode_utf16() {
+            b.extend_from_slice(&u.to_le_bytes());
+        }
+        let g = parse_loader_partuuid(&b).unwrap();
+        assert_eq!(g.to_string(), "9a0b1c2d-0000-4000-8000-00000000abcd");
+        assert_eq!(parse_loader_partuuid(&b[..10]), None);
+        assert_eq!(parse_loader_partuuid(&[6, 0, 0, 0, b'x', 0]), None);
+        assert_eq!(parse_loader_partuuid(&vec![0; 5000]), None);
     }
 
     #[test]

@@ -2,12 +2,18 @@
 //! golden image flashed onto a big disk), with a fresh partition UUID so
 //! flashed machines differ.
 //!
-//! `plan_grow` is pure. `write_grow` writes in a crash-safe order: the new
-//! backup entries and header first (into space no table uses yet), then the
-//! primary entries and header. A power cut before the primary write leaves
-//! the old primary in force and the next boot grows again; a cut during it
-//! leaves a primary with a bad CRC, and the reader falls back to the new
-//! backup at the disk's last LBA, which already describes the grown table.
+//! `plan_edit` is pure. `write_grow` writes in a crash-safe order: the new
+//! backup entries and header first (into space no table uses yet), then a
+//! durable barrier (`Barrier::barrier`: fdatasync, which on a block device
+//! also flushes the drive's write cache), then the primary entries and
+//! header, then another barrier. A power cut before the first barrier
+//! completes leaves the old primary in force and the next boot edits again;
+//! a cut during the primary write leaves a primary with a bad CRC (or an
+//! intact old header whose entries no longer match), and the reader falls
+//! back to a backup with its own entries: the old one through the old
+//! header's AlternateLBA, or the new one at the disk's last LBA. Either way
+//! the table is the old or the new one, never a mix, and the next boot's
+//! edit converges (`tests::every_cut_converges` replays every cut).
 
 use crate::gpt::Gpt;
 use crate::guid::Guid;
@@ -27,8 +33,30 @@ const ENT_UUID: usize = 16;
 const ENT_LAST_LBA: usize = 40;
 const ENT_ATTRS: usize = 48;
 
+/// A device whose writes up to now can be made durable before later ones.
+pub trait Barrier: Read + Write + Seek {
+    fn barrier(&mut self) -> io::Result<()>;
+}
+
+impl Barrier for std::fs::File {
+    fn barrier(&mut self) -> io::Result<()> {
+        self.sync_data()
+    }
+}
+
+/// In-memory images (tests) are durable as soon as they are written.
+impl Barrier for std::io::Cursor<Vec<u8>> {
+    fn barrier(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum GrowError {
+    #[error("the disk is too small for its partition table")]
+    TooSmall,
+    #[error("the primary GPT header puts the backup table at LBA {0}, inside the usable area or past the disk's end")]
+    BadBackupLocation(u64),
     #[error("partition {0} is not in the table")]
     NoSuchPartition(u32),
     #[error("partition {0} is not the last partition on the disk; only the last one can grow")]
@@ -51,24 +79,6 @@ pub struct Grow {
 
 fn entries_sectors(gpt: &Gpt) -> u64 {
     (gpt.raw.entries.len() as u64).div_ceil(gpt.sector_size)
-}
-
-/// What growing partition `number` to the end of a `dev_size`-byte disk
-/// would change; `None` when it already ends there (idempotent).
-/// (The boot path uses `plan_edit`, which also sets the in-progress bit.)
-#[cfg(test)]
-pub fn plan_grow(
-    gpt: &Gpt,
-    dev_size: u64,
-    number: u32,
-    new_uuid: Guid,
-) -> Result<Option<Grow>, GrowError> {
-    let attrs = entry(gpt, number)?.attributes;
-    let g = plan_edit(gpt, dev_size, number, true, Some(new_uuid), attrs)?;
-    // A fresh UUID alone is no reason to rewrite a grown table.
-    Ok(g.filter(|g| {
-        g.new_last_lba != g.old_last_lba || g.disk_last_lba != gpt.alternate_lba || gpt.used_backup
-    }))
 }
 
 fn entry(gpt: &Gpt, number: u32) -> Result<&crate::gpt::Partition, GrowError> {
@@ -95,10 +105,14 @@ pub fn plan_edit(
         if gpt.partitions.iter().any(|o| o.first_lba > p.first_lba) {
             return Err(GrowError::NotLast(number));
         }
-        let disk_last = dev_size / ss - 1;
-        let last_usable = disk_last - entries_sectors(gpt) - 1;
+        let disk_last = (dev_size / ss).checked_sub(1).ok_or(GrowError::TooSmall)?;
+        let last_usable = disk_last
+            .checked_sub(entries_sectors(gpt) + 1)
+            .ok_or(GrowError::TooSmall)?;
         let align = (ALIGN_BYTES / ss).max(1);
-        let new_last = (last_usable + 1) / align * align - 1;
+        let new_last = ((last_usable + 1) / align * align)
+            .checked_sub(1)
+            .ok_or(GrowError::TooSmall)?;
         (disk_last, last_usable, new_last.max(p.last_lba))
     } else {
         // The backup stays where it is (its header's own LBA).
@@ -114,6 +128,13 @@ pub fn plan_edit(
             .and_then(|b| b.try_into().ok())
             .map(u64::from_le_bytes)
             .unwrap_or(gpt.alternate_lba);
+        // Never write a table anywhere but past the usable area, on the disk.
+        let fits = backup > gpt.last_usable_lba
+            && backup < dev_size / ss
+            && backup.checked_sub(entries_sectors(gpt)) > Some(gpt.last_usable_lba);
+        if !fits {
+            return Err(GrowError::BadBackupLocation(backup));
+        }
         (backup, gpt.last_usable_lba, p.last_lba)
     };
     let uuid = new_uuid.unwrap_or(p.uuid);
@@ -181,18 +202,19 @@ fn write_at<F: Write + Seek>(f: &mut F, off: u64, data: &[u8]) -> io::Result<()>
 }
 
 /// The new backup table at the disk's end (step 1 of 2).
-pub(crate) fn write_backup<F: Write + Seek>(f: &mut F, gpt: &Gpt, g: &Grow) -> io::Result<()> {
+pub(crate) fn write_backup<F: Barrier>(f: &mut F, gpt: &Gpt, g: &Grow) -> io::Result<()> {
     let ss = gpt.sector_size;
     let entries = grown_entries(gpt, g);
     let crc = crc32fast::hash(&entries);
-    let entries_lba = g.disk_last_lba - entries_sectors(gpt);
+    // plan_edit put the backup past the usable area, entries included.
+    let entries_lba = g.disk_last_lba.saturating_sub(entries_sectors(gpt));
     write_at(f, entries_lba * ss, &entries)?;
     write_at(
         f,
         g.disk_last_lba * ss,
         &header(gpt, g, g.disk_last_lba, 1, entries_lba, crc),
     )?;
-    f.flush()
+    f.barrier()
 }
 
 /// The protective MBR's one partition (type 0xEE) covers the disk: after a
@@ -209,11 +231,7 @@ fn fix_protective_mbr<F: Read + Write + Seek>(f: &mut F, disk_last_lba: u64) -> 
 }
 
 /// The primary table (step 2 of 2).
-pub(crate) fn write_primary<F: Read + Write + Seek>(
-    f: &mut F,
-    gpt: &Gpt,
-    g: &Grow,
-) -> io::Result<()> {
+pub(crate) fn write_primary<F: Barrier>(f: &mut F, gpt: &Gpt, g: &Grow) -> io::Result<()> {
     let ss = gpt.sector_size;
     let entries = grown_entries(gpt, g);
     let crc = crc32fast::hash(&entries);
@@ -221,12 +239,12 @@ pub(crate) fn write_primary<F: Read + Write + Seek>(
     write_at(f, lba * ss, &entries)?;
     write_at(f, ss, &header(gpt, g, 1, g.disk_last_lba, lba, crc))?;
     fix_protective_mbr(f, g.disk_last_lba)?;
-    f.flush()
+    f.barrier()
 }
 
-/// Writes the grown table. The caller syncs the device afterwards and makes
-/// the kernel re-read the partition (that is `sys/` work).
-pub fn write_grow<F: Read + Write + Seek>(f: &mut F, gpt: &Gpt, g: &Grow) -> io::Result<()> {
+/// Writes the edited table, durably, backup first. The caller makes the
+/// kernel see the new size (that is `sys/` work).
+pub fn write_grow<F: Barrier>(f: &mut F, gpt: &Gpt, g: &Grow) -> io::Result<()> {
     write_backup(f, gpt, g)?;
     write_primary(f, gpt, g)
 }
@@ -260,10 +278,21 @@ mod tests {
         Cursor::new(img)
     }
 
+    /// The first boot's edit (what `sys::disk_write::edit_entry` asks for):
+    /// grown, a fresh UUID, the entry's attributes kept.
+    fn grow_plan(t: &Gpt, size: u64, n: u32) -> Result<Option<Grow>, GrowError> {
+        let attrs = t
+            .partitions
+            .iter()
+            .find(|p| p.number == n)
+            .map_or(0, |p| p.attributes);
+        plan_edit(t, size, n, true, Some(NEW_UUID), attrs)
+    }
+
     fn grow_once(c: &mut Cursor<Vec<u8>>) -> Grow {
         let t = gpt::read(c).unwrap();
         let size = c.get_ref().len() as u64;
-        let g = plan_grow(&t, size, 2, NEW_UUID).unwrap().unwrap();
+        let g = grow_plan(&t, size, 2).unwrap().unwrap();
         write_grow(c, &t, &g).unwrap();
         g
     }
@@ -309,7 +338,8 @@ mod tests {
         grow_once(&mut c);
         let t = gpt::read(&mut c).unwrap();
         let size = c.get_ref().len() as u64;
-        assert_eq!(plan_grow(&t, size, 2, NEW_UUID).unwrap(), None);
+        let attrs = t.partitions[1].attributes;
+        assert_eq!(plan_edit(&t, size, 2, true, None, attrs).unwrap(), None);
     }
 
     #[test]
@@ -317,7 +347,7 @@ mod tests {
         let mut c = flashed();
         let t = gpt::read(&mut c).unwrap();
         let size = c.get_ref().len() as u64;
-        let g = plan_grow(&t, size, 2, NEW_UUID).unwrap().unwrap();
+        let g = grow_plan(&t, size, 2).unwrap().unwrap();
         write_backup(&mut c, &t, &g).unwrap(); // ... and the power goes
         let t = gpt::read(&mut c).unwrap();
         assert_eq!(t.partitions[1].last_lba, 6143, "old primary still in force");
@@ -361,12 +391,9 @@ mod tests {
     fn only_the_last_partition_grows() {
         let mut c = flashed();
         let t = gpt::read(&mut c).unwrap();
+        assert_eq!(grow_plan(&t, 1 << 25, 1), Err(GrowError::NotLast(1)));
         assert_eq!(
-            plan_grow(&t, 1 << 25, 1, NEW_UUID),
-            Err(GrowError::NotLast(1))
-        );
-        assert_eq!(
-            plan_grow(&t, 1 << 25, 9, NEW_UUID),
+            grow_plan(&t, 1 << 25, 9),
             Err(GrowError::NoSuchPartition(9))
         );
     }
@@ -405,7 +432,7 @@ mod tests {
             .open(&path)
             .unwrap();
         let t = gpt::read(&mut rw).unwrap();
-        let g = plan_grow(&t, 1 << 30, 2, NEW_UUID).unwrap().unwrap();
+        let g = grow_plan(&t, 1 << 30, 2).unwrap().unwrap();
         write_grow(&mut rw, &t, &g).unwrap();
         drop(rw);
         let out = Command::new("sfdisk")
@@ -429,5 +456,147 @@ mod tests {
             "{dump}"
         );
         assert!(dump.contains("last-lba: 2097118"), "{dump}");
+    }
+
+    /// A device that records every write (split at sector boundaries: a
+    /// sector is what a drive writes atomically, or tears) and barrier.
+    struct Recorder {
+        img: Cursor<Vec<u8>>,
+        log: Log,
+    }
+
+    impl Read for Recorder {
+        fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+            self.img.read(b)
+        }
+    }
+    impl Seek for Recorder {
+        fn seek(&mut self, p: SeekFrom) -> io::Result<u64> {
+            self.img.seek(p)
+        }
+    }
+    impl Write for Recorder {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            let at = self.img.position();
+            let room = (SS - at % SS) as usize;
+            let n = b.len().min(room);
+            self.log.push(Some((at, b[..n].to_vec())));
+            self.img.write(&b[..n])
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Barrier for Recorder {
+        fn barrier(&mut self) -> io::Result<()> {
+            self.log.push(None);
+            Ok(())
+        }
+    }
+
+    type Edit = fn(&Gpt, u64) -> Option<Grow>;
+    /// The recorded writes; `None` is a barrier.
+    type Log = Vec<Option<(u64, Vec<u8>)>>;
+
+    /// Runs `edit` on `img`, returning the image after it and its writes.
+    fn record(img: &[u8], edit: Edit) -> (Vec<u8>, Log) {
+        let mut r = Recorder {
+            img: Cursor::new(img.to_vec()),
+            log: Vec::new(),
+        };
+        let t = gpt::read(&mut r.img).unwrap();
+        let g = edit(&t, img.len() as u64).unwrap();
+        write_grow(&mut r, &t, &g).unwrap();
+        (r.img.into_inner(), r.log)
+    }
+
+    fn apply(img: &mut [u8], w: &(u64, Vec<u8>), upto: usize) {
+        let at = w.0 as usize;
+        img[at..at + upto].copy_from_slice(&w.1[..upto]);
+    }
+
+    /// Every state a power cut can leave: each prefix of the writes in issue
+    /// order, each of them with the next sector torn in half, and, since a
+    /// drive may reorder writes between barriers, each suffix of every
+    /// barrier-delimited group after the groups before it.
+    fn cut_states(old: &[u8], log: &[Option<(u64, Vec<u8>)>], check: &mut dyn FnMut(&[u8])) {
+        let writes: Vec<&(u64, Vec<u8>)> = log.iter().flatten().collect();
+        let mut img = old.to_vec();
+        for w in &writes {
+            check(&img);
+            let keep = img[w.0 as usize..][..w.1.len()].to_vec();
+            apply(&mut img, w, w.1.len() / 2);
+            check(&img);
+            apply(&mut img, &(w.0, keep), w.1.len());
+            apply(&mut img, w, w.1.len());
+        }
+        check(&img);
+        let mut done = old.to_vec();
+        for group in log.split(Option::is_none) {
+            let group: Vec<&(u64, Vec<u8>)> = group.iter().flatten().collect();
+            for start in 1..group.len() {
+                let mut s = done.clone();
+                group[start..]
+                    .iter()
+                    .for_each(|w| apply(&mut s, w, w.1.len()));
+                check(&s);
+            }
+            group.iter().for_each(|w| apply(&mut done, w, w.1.len()));
+        }
+    }
+
+    fn same_table(a: &Gpt, b: &Gpt) -> bool {
+        a.partitions == b.partitions && a.last_usable_lba == b.last_usable_lba
+    }
+
+    /// Replays every cut of `edit` on `old` (see `cut_states`): the reader
+    /// sees the old or the new table, never an error or a mix, and running
+    /// the edit again (the next boot) converges on the new table with both
+    /// headers intact. Returns the number of cut states checked.
+    fn every_cut_converges_for(old: &[u8], edit: Edit) -> usize {
+        let before = gpt::read(&mut Cursor::new(old.to_vec())).unwrap();
+        let (new_img, log) = record(old, edit);
+        assert!(
+            log.iter().filter(|w| w.is_none()).count() >= 2,
+            "two barriers"
+        );
+        let after = gpt::read(&mut Cursor::new(new_img)).unwrap();
+        let mut n = 0;
+        cut_states(old, &log, &mut |s| {
+            n += 1;
+            let mut c = Cursor::new(s.to_vec());
+            let t = gpt::read(&mut c).unwrap_or_else(|e| panic!("cut {n}: {e}"));
+            assert!(
+                same_table(&t, &before) || same_table(&t, &after),
+                "cut {n}: a mixed table"
+            );
+            if let Some(g) = edit(&t, s.len() as u64) {
+                write_grow(&mut c, &t, &g).unwrap();
+            }
+            let t = gpt::read(&mut c).unwrap();
+            assert!(same_table(&t, &after), "cut {n}: did not converge");
+            assert!(!t.used_backup, "cut {n}: the primary was not repaired");
+            // The backup alone describes the converged table too.
+            c.get_mut()[SS as usize..2 * SS as usize].fill(0);
+            let b = gpt::read(&mut c).unwrap();
+            assert!(b.used_backup && same_table(&b, &after), "cut {n}: backup");
+        });
+        n
+    }
+
+    #[test]
+    fn every_cut_converges() {
+        fn first_boot(t: &Gpt, size: u64) -> Option<Grow> {
+            plan_edit(t, size, 2, true, Some(NEW_UUID), 1 << 55).unwrap()
+        }
+        fn clear_mark(t: &Gpt, size: u64) -> Option<Grow> {
+            plan_edit(t, size, 2, false, None, 0).unwrap()
+        }
+        let old = flashed().into_inner();
+        let n1 = every_cut_converges_for(&old, first_boot);
+        let (marked, _) = record(&old, first_boot);
+        let n2 = every_cut_converges_for(&marked, clear_mark);
+        assert!(n1 > 100 && n2 > 100, "{n1} and {n2} cut states");
+        eprintln!("every_cut_converges: {n1} + {n2} cut states");
     }
 }

@@ -49,8 +49,11 @@ impl Log for Logger {
         // Libraries only with initrd_helper.debug: tss-esapi logs expected
         // conditions as errors (a missing persistent SRK before we create
         // it), and our own error lines carry a library's cause already.
+        // The level can be raised after init (`initrd_helper.debug` is only
+        // known once the command line is parsed), so the global filter rules.
+        let level = self.level.max(log::max_level());
         let ours = m.target().starts_with("initrd_helper");
-        m.level() <= self.level && (ours || self.level == LevelFilter::Debug)
+        m.level() <= level && (ours || level == LevelFilter::Debug)
     }
 
     fn log(&self, r: &Record) {
@@ -115,5 +118,22 @@ mod tests {
         let r = format_record(Level::Info, 1, &"é".repeat(1000));
         assert!(r.len() < MAX_RECORD + 40);
         assert!(r.ends_with("é\n"));
+    }
+
+    #[test]
+    fn the_debug_flag_raises_the_level_after_init() {
+        let l = Logger {
+            kmsg: false,
+            level: LevelFilter::Info,
+        };
+        let m = |lvl, target| Metadata::builder().level(lvl).target(target).build();
+        assert!(l.enabled(&m(Level::Info, "initrd_helper::data")));
+        assert!(
+            !l.enabled(&m(Level::Info, "tss_esapi")),
+            "libraries only with debug"
+        );
+        set_debug(true);
+        assert!(l.enabled(&m(Level::Debug, "initrd_helper::data")));
+        assert!(l.enabled(&m(Level::Debug, "libcryptsetup")));
     }
 }

@@ -3,30 +3,13 @@
 //! `run` gathers facts, plans and applies (the initrd unit calls it);
 //! `plan` prints what `run` would do, touching nothing.
 
-mod apply;
-mod b64;
-mod cmdline;
-mod config;
-mod data;
-mod dps;
-mod facts;
-mod gpt;
-mod gpt_grow;
-mod guid;
-mod hex;
-mod log;
-mod machine_id;
-mod mountinfo;
-mod plan;
-mod provision;
-mod sys;
-mod token;
-mod verity;
+use initrd_helper::inputs::{self, ASSUMED_TPM};
+use initrd_helper::{apply, log, plan, provision, sys};
 
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const USAGE: &str = "\
 usage: initrd-helper run  [--cmdline STR] [--config FILE] [--root DIR]
@@ -49,9 +32,6 @@ prints the recovery key once, as JSON on stdout.";
 /// Said with every error found before any step ran: the decision to stop
 /// was made on facts alone.
 const NOTHING_CHANGED: &str = "refusing to boot, nothing was changed on disk";
-
-/// How often the boot disk is looked for again while waiting.
-const RESCAN_INTERVAL: Duration = Duration::from_millis(100);
 
 #[derive(Default)]
 struct Args {
@@ -89,69 +69,6 @@ fn parse_args() -> Result<Args, lexopt::Error> {
     Ok(a)
 }
 
-struct Inputs {
-    cmd: cmdline::Cmdline,
-    cfg: config::Config,
-    root: PathBuf,
-}
-
-fn load_inputs(a: &Args) -> Result<Inputs> {
-    let root = a.root.clone().unwrap_or_else(|| PathBuf::from("/"));
-    let text = match &a.cmdline {
-        Some(c) => c.clone(),
-        None => {
-            std::fs::read_to_string(root.join("proc/cmdline")).context("reading /proc/cmdline")?
-        }
-    };
-    let cmd = cmdline::parse(&text)?;
-    let cfg_path = a
-        .config
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
-    let cfg = config::load(&cfg_path)?;
-    Ok(Inputs { cmd, cfg, root })
-}
-
-/// Gathers facts and plans, rescanning until the boot disk shows up or the
-/// configured timeout passes (udev may still be loading the disk driver).
-fn plan_with_wait(
-    i: &Inputs,
-    images: &[PathBuf],
-    wait: bool,
-) -> Result<(plan::Plan, facts::Facts)> {
-    let deadline = Instant::now() + Duration::from_secs(i.cfg.devices.timeout_secs.into());
-    let mut said = false;
-    let probe_type = i.cfg.data.enabled.then_some(i.cfg.data.partition_type);
-    let mut tpm = facts::TpmFacts::Absent;
-    loop {
-        let disks = sys::disks(&i.root, images, probe_type);
-        // A TPM found once stays found; an absent one is looked for again
-        // (its driver may load after the disk's), which is cheap.
-        if !matches!(tpm, facts::TpmFacts::Present { .. }) {
-            tpm = sys::tpm::probe(&i.root);
-        }
-        let facts = facts::Facts {
-            disks,
-            tpm: tpm.clone(),
-            data_open: sys::mapper_active(plan::DATA_NAME),
-        };
-        match plan::plan(&facts, &i.cmd, &i.cfg) {
-            Ok(p) => return Ok((p, facts)),
-            Err(e) if wait && e.may_resolve_by_waiting() && Instant::now() < deadline => {
-                if !said {
-                    ::log::info!(
-                        "waiting up to {} s for the boot disk: {e}",
-                        i.cfg.devices.timeout_secs
-                    );
-                    said = true;
-                }
-                std::thread::sleep(RESCAN_INTERVAL);
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
 fn print_plan(p: &plan::Plan) {
     println!(
         "boot disk: {} (GPT disk GUID {})",
@@ -166,13 +83,30 @@ fn print_plan(p: &plan::Plan) {
 }
 
 fn cmd_plan(a: &Args) -> Result<()> {
-    let i = load_inputs(a)?;
-    let (p, facts) = plan_with_wait(&i, &a.disks, false)?;
-    if a.json {
-        let v = serde_json::json!({ "plan": p, "facts": facts, "cmdline": i.cmd, "config": i.cfg });
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        print_plan(&p);
+    let planned = inputs::load(a.cmdline.as_deref(), a.config.as_deref(), a.root.as_deref())
+        .and_then(|i| {
+            let (p, facts) = inputs::plan_with_wait(&i, &a.disks, false)?;
+            Ok((i, p, facts))
+        });
+    match (planned, a.json) {
+        (Ok((i, p, facts)), true) => {
+            let v =
+                serde_json::json!({ "plan": p, "facts": facts, "cmdline": i.cmd, "config": i.cfg });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        (Ok((_, p, _)), false) => {
+            if !a.disks.is_empty() {
+                println!("assumed: TPM2 {ASSUMED_TPM}");
+            }
+            print_plan(&p);
+        }
+        (Err(e), true) => {
+            // Scripts get the refusal as JSON on stdout too.
+            let v = serde_json::json!({ "error": inputs::error_line(&e) });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            return Err(e);
+        }
+        (Err(e), false) => return Err(e),
     }
     Ok(())
 }
@@ -191,12 +125,13 @@ fn cmd_encrypt(a: &Args) -> Result<()> {
 
 fn cmd_run(a: &Args) -> Result<()> {
     let t = Instant::now();
-    let i = load_inputs(a).context(NOTHING_CHANGED)?;
+    let i = inputs::load(a.cmdline.as_deref(), a.config.as_deref(), a.root.as_deref())
+        .context(NOTHING_CHANGED)?;
     log::set_debug(i.cmd.debug);
     for w in &i.cmd.warnings {
         ::log::warn!("kernel command line: {w}");
     }
-    let (p, facts) = plan_with_wait(&i, &[], true).context(NOTHING_CHANGED)?;
+    let (p, facts) = inputs::plan_with_wait(&i, &[], true).context(NOTHING_CHANGED)?;
     ::log::info!(
         "boot disk {} (GPT {}), TPM: {:?}",
         p.boot_disk,
@@ -233,19 +168,7 @@ fn peak_rss_kib() -> u64 {
 /// Errors end in one line that says what failed and that nothing on disk
 /// was changed by the failing decision.
 fn report(e: &anyhow::Error) {
-    ::log::error!("error: {}", chain_text(e.chain().map(|c| c.to_string())));
-}
-
-/// Joins an error chain with ": ", dropping a cause whose text the previous
-/// entry already ends with (some library errors print their source too).
-fn chain_text(chain: impl Iterator<Item = String>) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for c in chain {
-        if !parts.last().is_some_and(|p| p.ends_with(&c)) {
-            parts.push(c);
-        }
-    }
-    parts.join(": ")
+    ::log::error!("error: {}", inputs::error_line(e));
 }
 
 fn main() -> ExitCode {
@@ -264,6 +187,7 @@ fn main() -> ExitCode {
     if std::env::var_os("TSS2_LOG").is_none() {
         std::env::set_var("TSS2_LOG", "all+none");
     }
+    sys::cryptlog::route_to_logger();
     let result = match args.command.as_str() {
         "run" => {
             log::init(true, false);
@@ -292,17 +216,5 @@ fn main() -> ExitCode {
             report(&e);
             ExitCode::FAILURE
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn chain_text_drops_repeated_causes() {
-        let c = ["step verity", "io: No such device", "No such device"].map(String::from);
-        assert_eq!(
-            super::chain_text(c.into_iter()),
-            "step verity: io: No such device"
-        );
     }
 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 use std::io::Read;
 use std::path::Path;
 use std::str::FromStr;
+use zeroize::Zeroizing;
 
 /// How much of the device must be zero to count as blank: covers every
 /// superblock and partition-table location at the start of a device.
@@ -66,26 +67,25 @@ pub fn encrypt(dev: &Path, tcti: &str, pcrs: &[u8]) -> Result<Encrypted> {
     }
     let conf = tss_esapi::tcti_ldr::TctiNameConf::from_str(tcti)
         .with_context(|| format!("TCTI {tcti:?}"))?;
-    let ctx = tss_esapi::Context::new(conf).with_context(|| format!("opening the TPM ({tcti})"))?;
-    Ok(seal_and_format(ctx, dev, pcrs)?.0)
+    let mut ctx =
+        tss_esapi::Context::new(conf).with_context(|| format!("opening the TPM ({tcti})"))?;
+    Ok(seal_and_format(&mut ctx, dev, pcrs)?.0)
 }
 
 /// Seals a fresh secret to `pcrs` and formats `dev` (proven blank by the
 /// caller) as LUKS2 with it; returns the TPM keyslot's passphrase too, so
 /// the caller can open the volume without a second unseal.
 pub fn seal_and_format(
-    mut ctx: tss_esapi::Context,
+    ctx: &mut tss_esapi::Context,
     dev: &Path,
     pcrs: &[u8],
-) -> Result<(Encrypted, String)> {
-    let srk = tpm_seal::srk(&mut ctx).context("getting the storage root key")?;
-    let secret = random32()?;
-    let sealed =
-        tpm_seal::seal(&mut ctx, srk, pcrs, &secret).context("sealing the volume secret")?;
-    drop(ctx);
+) -> Result<(Encrypted, Zeroizing<String>)> {
+    let srk = tpm_seal::srk(ctx).context("getting the storage root key")?;
+    let secret = Zeroizing::new(random32()?);
+    let sealed = tpm_seal::seal(ctx, srk, pcrs, &*secret).context("sealing the volume secret")?;
     let blob = token::blob(&sealed.private, &sealed.public);
     let recovery_key = token::recovery_key(&random32()?);
-    let passphrase = token::tpm_passphrase(&secret);
+    let passphrase = Zeroizing::new(token::tpm_passphrase(&*secret));
     let e = luks::format_luks2(
         dev,
         passphrase.as_bytes(),
@@ -110,19 +110,32 @@ pub fn seal_and_format(
     Ok((e, passphrase))
 }
 
-/// Unseals the secret of `dev`'s systemd-tpm2 token: its keyslot passphrase.
-pub fn unseal_passphrase(mut ctx: tss_esapi::Context, dev: &Path) -> Result<String> {
+/// Unseals the secret of `dev`'s systemd-tpm2 token (its keyslot
+/// passphrase), after checking that the token's policy is exactly the one
+/// the helper creates for `pcrs`: a token sealed to anything else was not
+/// made by this machine's first boot, and is never unsealed.
+pub fn unseal_passphrase(
+    ctx: &mut tss_esapi::Context,
+    dev: &Path,
+    pcrs: &[u8],
+) -> Result<Zeroizing<String>> {
     let json = luks::tpm2_token(dev)?
         .with_context(|| format!("{} has no systemd-tpm2 token", dev.display()))?;
     let t = token::parse_token(&json)
         .map_err(|e| anyhow::anyhow!("the systemd-tpm2 token of {}: {e}", dev.display()))?;
-    let srk = tpm_seal::srk(&mut ctx).context("getting the storage root key")?;
+    if let Some(why) = token::policy_mismatch(&t, pcrs) {
+        bail!(
+            "{} holds a LUKS2 volume this machine did not provision: {why}. {FOREIGN_ADVICE}",
+            dev.display()
+        );
+    }
+    let srk = tpm_seal::srk(ctx).context("getting the storage root key")?;
     let sealed = tpm_seal::Sealed {
         private: t.private,
         public: t.public,
         policy_hash: Vec::new(),
     };
-    let secret = tpm_seal::unseal(&mut ctx, srk, &t.pcrs, &sealed).map_err(|e| {
+    let secret = Zeroizing::new(tpm_seal::unseal(ctx, srk, &t.pcrs, &sealed).map_err(|e| {
         anyhow::Error::new(e).context(format!(
             "the TPM refused to unseal the key of {} (policy: sha256 PCRs {:?}). If the firmware, \
              its settings or the Secure Boot databases changed since enrollment, this is expected: \
@@ -130,9 +143,16 @@ pub fn unseal_passphrase(mut ctx: tss_esapi::Context, dev: &Path) -> Result<Stri
             dev.display(),
             t.pcrs
         ))
-    })?;
-    Ok(token::tpm_passphrase(&secret))
+    })?);
+    Ok(Zeroizing::new(token::tpm_passphrase(&secret)))
 }
+
+/// Said with every refusal of a volume the helper did not make.
+pub const FOREIGN_ADVICE: &str =
+    "It stays closed and nothing was written. If it is yours (made by \
+     hand or by an older initrd-helper), open it with its recovery key as README \"Unlocking by \
+     hand\" says; if not, someone planted it: keep the disk for inspection, or reset it with \
+     initrd_helper.factory_reset=ID";
 
 #[cfg(test)]
 mod tests {

@@ -51,6 +51,42 @@ pub struct ParsedToken {
     pub private: Vec<u8>,
     pub public: Vec<u8>,
     pub pcrs: Vec<u8>,
+    /// `tpm2-primary-alg` (systemd: absent means "ecc" for 252's tokens).
+    pub primary_alg: String,
+    /// A signed-policy public key (`tpm2_pubkey`): not a policy we create yet.
+    pub signed_policy: bool,
+}
+
+/// Why a token's policy is not the one the helper creates: then the volume
+/// was not made by this machine's first boot, and is never unsealed (an
+/// attacker can seal to any PCR set; systemd#40410).
+pub fn policy_mismatch(t: &ParsedToken, pcrs: &[u8]) -> Option<String> {
+    let set = |p: &[u8]| {
+        let mut v = p.to_vec();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    if set(&t.pcrs) != set(pcrs) {
+        return Some(format!(
+            "its token is sealed to sha256 PCRs {:?}, the helper seals to {:?} (data.pcrs)",
+            t.pcrs,
+            set(pcrs)
+        ));
+    }
+    if t.primary_alg != "ecc" {
+        return Some(format!(
+            "its token's primary key is {:?}, the helper's is \"ecc\"",
+            t.primary_alg
+        ));
+    }
+    if t.signed_policy {
+        return Some(
+            "its token uses a signed PCR policy (tpm2_pubkey), which the helper does not create"
+                .into(),
+        );
+    }
+    None
 }
 
 /// Splits one TPM2B off the front of `b`.
@@ -70,7 +106,10 @@ pub fn parse_token(v: &Value) -> Result<ParsedToken, String> {
     }
     let bank = v["tpm2-pcr-bank"].as_str().unwrap_or("sha256");
     if bank != "sha256" {
-        return Err(format!("PCR bank {bank} is not supported (sha256 only)"));
+        return Err(format!(
+            "PCR bank {:?} is not supported (sha256 only)",
+            cut(bank, 16)
+        ));
     }
     let blob = v["tpm2-blob"]
         .as_str()
@@ -85,11 +124,20 @@ pub fn parse_token(v: &Value) -> Result<ParsedToken, String> {
         .map(|p| p.as_u64().filter(|&n| n < 24).map(|n| n as u8))
         .collect::<Option<Vec<u8>>>()
         .ok_or("tpm2-pcrs holds a value that is not a PCR number")?;
+    let primary_alg = v["tpm2-primary-alg"].as_str().unwrap_or("ecc");
+    let signed_policy = !v["tpm2_pubkey"].is_null() || !v["tpm2_pubkey_pcrs"].is_null();
     Ok(ParsedToken {
         private: private.to_vec(),
         public: public.to_vec(),
         pcrs,
+        primary_alg: cut(primary_alg, 16),
+        signed_policy,
     })
+}
+
+/// At most `n` characters of a value read from a disk, for messages.
+fn cut(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
 }
 
 /// The LUKS passphrase for an unsealed TPM secret (systemd's rule).
@@ -158,6 +206,38 @@ mod tests {
         j["tpm2-pin"] = json!(true);
         assert!(parse_token(&j).unwrap_err().contains("PIN"));
         assert!(parse_token(&json!({"type": "other"})).is_err());
+    }
+
+    #[test]
+    fn only_the_policy_we_create_is_accepted() {
+        let t = TpmToken {
+            keyslot: 0,
+            blob: &blob(&[1], &[2]),
+            pcrs: &[7],
+            policy_hash: &[0xab],
+        };
+        let ours = parse_token(&token_json(&t)).unwrap();
+        assert_eq!(policy_mismatch(&ours, &[7]), None);
+        assert_eq!(policy_mismatch(&ours, &[7, 7]), None);
+        assert!(policy_mismatch(&ours, &[7, 16])
+            .unwrap()
+            .contains("[7, 16]"));
+        let mut j = token_json(&TpmToken { pcrs: &[16], ..t });
+        assert!(policy_mismatch(&parse_token(&j).unwrap(), &[7])
+            .unwrap()
+            .contains("PCRs [16]"));
+        j["tpm2-pcrs"] = json!([7]);
+        j["tpm2-primary-alg"] = json!("rsa");
+        assert!(policy_mismatch(&parse_token(&j).unwrap(), &[7])
+            .unwrap()
+            .contains("rsa"));
+        j["tpm2-primary-alg"] = json!("ecc");
+        j["tpm2_pubkey"] = json!("AAAA");
+        assert!(policy_mismatch(&parse_token(&j).unwrap(), &[7])
+            .unwrap()
+            .contains("signed"));
+        j["tpm2-pcr-bank"] = json!("x".repeat(5000));
+        assert!(parse_token(&j).unwrap_err().len() < 100, "values are cut");
     }
 
     #[test]

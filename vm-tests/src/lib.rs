@@ -112,6 +112,12 @@ pub struct BootOpts<'a> {
     /// Kill QEMU the moment the marker appears (a power cut), instead of
     /// letting the guest power off.
     pub kill_at_marker: bool,
+    /// With `kill_at_marker`: how long after the marker the cut comes.
+    pub kill_delay: Duration,
+    /// QEMU's cache mode for the boot disk. "unsafe" (fast) ignores the
+    /// guest's flushes; the power-cut matrix uses "writeback", which
+    /// honours them.
+    pub cache: &'a str,
 }
 
 impl<'a> BootOpts<'a> {
@@ -130,6 +136,8 @@ impl<'a> BootOpts<'a> {
             uefi_vars: None,
             tpm: true,
             kill_at_marker: false,
+            kill_delay: Duration::ZERO,
+            cache: "unsafe",
         }
     }
 }
@@ -233,8 +241,9 @@ fn echo_new(text: &str, seen: &mut usize) {
 fn qemu_command(a: &Artifacts, o: &BootOpts, console: &Path) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
     let drive = format!(
-        "file={},if=virtio,format=raw,cache=unsafe",
-        o.disk.display()
+        "file={},if=virtio,format=raw,cache={}",
+        o.disk.display(),
+        o.cache
     );
     let sock = o.tpm_dir.join("swtpm.sock");
     c.args([
@@ -327,6 +336,7 @@ pub fn boot(a: &Artifacts, o: &BootOpts) -> Boot {
     // Give a powering-off guest a moment to finish cleanly, then stop it.
     let stop = Instant::now();
     let grace = if o.kill_at_marker {
+        std::thread::sleep(o.kill_delay);
         Duration::ZERO
     } else {
         Duration::from_secs(20)
@@ -443,23 +453,29 @@ pub struct TestDisk {
 }
 
 /// Byte offset and size of each partition, from the builder's layout.
+/// Panics on a missing, malformed or empty layout: the digests built on it
+/// would otherwise compare nothing.
 pub fn layout(a: &Artifacts) -> Vec<(u64, u64)> {
     let p = a.disk.with_file_name("layout.json");
     let text = fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     let v: serde_json::Value =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    v["partitiontable"]["partitions"]
+    let parts = v["partitiontable"]["partitions"]
         .as_array()
-        .map(|parts| {
-            parts
-                .iter()
-                .map(|p| {
-                    let n = |k: &str| p[k].as_u64().unwrap_or(0) * 512;
-                    (n("start"), n("size"))
-                })
-                .collect()
+        .unwrap_or_else(|| panic!("{}: no partitiontable.partitions", p.display()));
+    let out: Vec<(u64, u64)> = parts
+        .iter()
+        .map(|e| {
+            let n = |k: &str| {
+                e[k].as_u64()
+                    .unwrap_or_else(|| panic!("{}: a partition without {k}", p.display()))
+                    * 512
+            };
+            (n("start"), n("size"))
         })
-        .unwrap_or_default()
+        .collect();
+    assert!(out.len() >= 2, "{}: fewer than two partitions", p.display());
+    out
 }
 
 fn slots_digest(path: &Path, layout: &[(u64, u64)]) -> String {
@@ -495,35 +511,74 @@ impl TestDisk {
     }
 }
 
+/// Runs `cmd` and returns the first word of its output: a 64-hex sha256.
+/// A failing tool or an output that is not a digest fails the test, so
+/// "unchanged" can never be two empty strings compared.
+fn digest_of(mut cmd: Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let d = text.split_whitespace().next().unwrap_or("").to_string();
+    assert!(
+        out.status.success() && d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{what} failed ({}): {} {}",
+        out.status,
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d
+}
+
 /// sha256 of a file, via sha256sum (the disk images are large and sparse).
 pub fn sha256(p: &Path) -> String {
-    let out = Command::new("sha256sum")
-        .arg(p)
-        .output()
-        .unwrap_or_else(|e| panic!("sha256sum: {e}"));
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_string()
+    let mut c = Command::new("sha256sum");
+    c.arg(p);
+    digest_of(c, &format!("sha256sum {}", p.display()))
 }
 
 /// sha256 of `len` bytes at `offset` of a file (one partition of a disk
-/// image), through `dd | sha256sum`.
+/// image), through `dd | sha256sum`; `pipefail` makes a failing dd fail it,
+/// and a short read (past the file's end) fails too.
 pub fn sha256_range(p: &Path, offset: u64, len: u64) -> String {
-    let script = format!(
-        "dd if='{}' bs=1M iflag=skip_bytes,count_bytes skip={offset} count={len} status=none | sha256sum",
+    let size = fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        offset.checked_add(len).is_some_and(|end| end <= size) && len > 0,
+        "{}: range {offset}+{len} is not inside the {size}-byte file",
         p.display()
     );
-    let out = Command::new("sh")
-        .args(["-c", &script])
-        .output()
-        .unwrap_or_else(|e| panic!("sh: {e}"));
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_string()
+    let script = format!(
+        "set -o pipefail; dd if='{}' bs=1M iflag=skip_bytes,count_bytes skip={offset} count={len} status=none | sha256sum",
+        p.display()
+    );
+    let mut c = Command::new("bash");
+    c.args(["-c", &script]);
+    digest_of(c, &format!("dd | sha256sum of {}", p.display()))
+}
+
+/// Copies `len` bytes at `offset` of `from` to `to` at `to_offset`.
+pub fn copy_range(from: &Path, offset: u64, len: u64, to: &Path, to_offset: u64) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut src = fs::File::open(from).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+    let mut dst = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(to)
+        .unwrap_or_else(|e| panic!("{}: {e}", to.display()));
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    src.seek(SeekFrom::Start(offset))
+        .and_then(|_| dst.seek(SeekFrom::Start(to_offset)))
+        .unwrap_or_else(|e| panic!("seeking: {e}"));
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        src.read_exact(&mut buf[..n])
+            .unwrap_or_else(|e| panic!("reading {}: {e}", from.display()));
+        dst.write_all(&buf[..n])
+            .unwrap_or_else(|e| panic!("writing {}: {e}", to.display()));
+        done += n as u64;
+    }
+    dst.sync_all()
+        .unwrap_or_else(|e| panic!("syncing {}: {e}", to.display()));
 }
 
 /// Inverts one byte of a file in place (the tamper scenario).
@@ -566,4 +621,59 @@ pub fn key_opens(img: &Path, key: &str) -> bool {
         .map(|mut i| i.write_all(key.as_bytes()).is_ok())
         .unwrap_or(false);
     c.wait().map(|s| s.success()).unwrap_or(false) && written
+}
+
+fn helper_bin() -> PathBuf {
+    PathBuf::from(
+        std::env::var("IH_HELPER_BIN")
+            .unwrap_or_else(|_| panic!("IH_HELPER_BIN is set by `make test`")),
+    )
+}
+
+/// `initrd-helper encrypt --pcrs PCRS` of the blank `img` against the swtpm
+/// state in `tpm_dir` (the state the next boot's swtpm loads): a volume
+/// made outside the machine's own first boot. Returns the helper's JSON.
+pub fn enroll(tpm_dir: &Path, img: &Path, pcrs: &str) -> serde_json::Value {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+        l.local_addr()
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("port: {e}"))
+    };
+    let mut tpm = Command::new("swtpm")
+        .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+        .arg("--tpmstate")
+        .arg(format!("dir={}", tpm_dir.display()))
+        .args([
+            "--server",
+            &format!("type=tcp,bindaddr=127.0.0.1,port={port}"),
+        ])
+        .args([
+            "--ctrl",
+            &format!("type=tcp,bindaddr=127.0.0.1,port={}", port + 1),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("swtpm: {e}"));
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = Command::new(helper_bin())
+        .args(["encrypt", "--pcrs", pcrs])
+        .args(["--tcti", &format!("swtpm:host=127.0.0.1,port={port}")])
+        .arg(img)
+        .output()
+        .unwrap_or_else(|e| panic!("initrd-helper encrypt: {e}"));
+    let _ = tpm.kill();
+    let _ = tpm.wait();
+    assert!(
+        out.status.success(),
+        "initrd-helper encrypt: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("encrypt's JSON: {e}"))
 }

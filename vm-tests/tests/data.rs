@@ -7,8 +7,8 @@
 
 use std::process::{Command, Stdio};
 use vm_tests::{
-    boot, dbx_update, enlarge, is_machine_id, key_opens, layout, sha256, Artifacts, Boot, BootOpts,
-    Scratch, EMERGENCY,
+    boot, copy_range, dbx_update, enlarge, enroll, is_machine_id, key_opens, layout, sha256,
+    Artifacts, Boot, BootOpts, Scratch, EMERGENCY,
 };
 
 /// The golden image flashed onto a 4 GiB disk.
@@ -229,6 +229,17 @@ fn vm_second_boot_unlock() {
         r2["recovery_key_file"].is_empty(),
         "a recovery key was handed out again",
     );
+    // The opened volume is measured into PCR 15 (systemd's volume-key
+    // event): non-zero, and the same on every boot of the same volume.
+    let pcr15 = b1.value("pcr15");
+    b2.check(
+        pcr15.len() == 64 && pcr15.chars().any(|c| c != '0'),
+        &format!("PCR 15 was not extended: {pcr15:?}"),
+    );
+    b2.check(
+        b2.value("pcr15") == pcr15,
+        "PCR 15 differs between two boots of the same volume",
+    );
 }
 
 /// Tries `key` on the LUKS header at the data partition's start, with the
@@ -365,11 +376,15 @@ fn vm_factory_reset() {
     b4.check(r4["luks_uuid"] == r2["luks_uuid"], "the volume changed");
 }
 
-/// A boot killed the moment `marker` appears on the console.
-fn power_cut(m: &Machine, name: &str, marker: &'static str) -> Boot {
+/// A boot killed `delay_ms` after `marker` appears on the console, with a
+/// disk cache mode that honours the guest's flushes (what the helper made
+/// durable is on the host file; what it did not may be lost).
+fn power_cut(m: &Machine, name: &str, marker: &'static str, delay_ms: u64) -> Boot {
     let o = BootOpts {
         marker,
         kill_at_marker: true,
+        kill_delay: std::time::Duration::from_millis(delay_ms),
+        cache: "writeback",
         ..m.opts(name, "ih_test.poweroff")
     };
     let b = boot(&m.a, &o);
@@ -377,41 +392,139 @@ fn power_cut(m: &Machine, name: &str, marker: &'static str) -> Boot {
     b
 }
 
+/// Where the power goes: a line of the helper's provisioning log, and how
+/// long after it. Every cut but the last lands while provisioning runs.
+const CUTS: [(&str, u64); 10] = [
+    ("data: provisioning", 0),
+    ("data: provisioning", 40),
+    ("data: marked in progress", 0),
+    ("data: marked in progress", 40),
+    ("data: wiped the old header", 0),
+    ("data: wiped the old header", 100),
+    ("data: LUKS2 formatted", 0),
+    ("data: LUKS2 formatted", 150),
+    ("data: mkfs.ext4", 0),
+    ("data: cleared the in-progress mark", 0),
+];
+
 #[test]
 #[ignore = "VM test: run through `make test`"]
-fn vm_interrupted_first_boot() {
+fn vm_power_cut_matrix() {
     // A big (sparse) disk: mkfs takes long enough to be cut in the middle.
-    let m = Machine::new("interrupted_first_boot", true);
+    let m = Machine::new("power_cut_matrix", true);
     enlarge(&m.disk, 64 << 30);
-    // Cut 1: as soon as the partition is marked, while LUKS is being set up.
-    let b = power_cut(&m, "cut_during_luks", "data: marked in progress");
+    let mut marked_before = false;
+    for (i, (marker, delay)) in CUTS.iter().enumerate() {
+        let b = power_cut(&m, &format!("cut{i}"), marker, *delay);
+        if marked_before {
+            b.check(
+                helper_lines(&b, "interrupted first boot") >= 1,
+                "the boot did not recognise the interrupted first boot",
+            );
+        }
+        // The table is readable after every cut, and the mark is on disk
+        // from the moment the helper said so until it said it cleared it.
+        let (_, _, attrs) = m.data_entry();
+        let after_mark = !marker.contains("provisioning");
+        let cleared = marker.contains("cleared");
+        if after_mark && !cleared {
+            b.check(
+                attrs.contains("55"),
+                &format!("no in-progress mark after cut {i}: {attrs:?}"),
+            );
+        }
+        if cleared {
+            b.check(!attrs.contains("55"), "the cleared mark came back");
+        }
+        marked_before = attrs.contains("55");
+        eprintln!("power cut {i}: {marker:?} + {delay} ms survived (mark set: {marked_before})");
+    }
+    eprintln!("power_cut_matrix: {} cut points survived", CUTS.len());
+    // The next boot converges (the last cut came after provisioning: it
+    // opens that volume), and what it stores persists.
+    let b1 = m.boot_ok("converge", "ih_test.write=survives");
+    b1.check(
+        b1.value("data_source") == "/dev/mapper/data",
+        "/var is not the data volume",
+    );
+    b1.check(b1.value("data_write") == "ok", "writing to /var failed");
     let (_, _, attrs) = m.data_entry();
+    b1.check(!attrs.contains("55"), "the in-progress mark is still set");
+    let ok = Command::new("sfdisk")
+        .arg("--verify")
+        .arg(&m.disk)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    b1.check(ok.success(), "sfdisk --verify rejects the table");
+    b1.check(
+        helper_lines(&b1, "provisioning") == 0,
+        "provisioned once more after the last cut",
+    );
+    let b2 = m.boot_ok("later", "");
+    b2.check(b2.value("data_probe") == "survives", "the file is gone");
+    b2.check(
+        b2.value("luks_uuid") == b1.value("luks_uuid"),
+        "the volume changed",
+    );
+}
+
+/// Puts the volume image `vol` onto the data partition (the attacker
+/// swapping the machine's volume for theirs).
+fn plant_volume(m: &Machine, vol: &std::path::Path) {
+    let (off, len) = *layout(&m.a).last().unwrap();
+    assert_eq!(std::fs::metadata(vol).unwrap().len(), len, "volume size");
+    copy_range(vol, 0, len, &m.disk, off);
+}
+
+#[test]
+#[ignore = "VM test: run through `make test`"]
+fn vm_foreign_volume_refused() {
+    let m = Machine::new("foreign_volume_refused", false);
+    let (_, len) = *layout(&m.a).last().unwrap();
+    let vol = m.s.0.join("attacker.img");
+    std::fs::File::create(&vol).unwrap().set_len(len).unwrap();
+    // Boot 1: the machine provisions its own volume; an attacker in the
+    // running system makes a volume sealed to exactly our policy (PCR 7)
+    // with Debian's cryptsetup + systemd-cryptenroll on a second disk.
+    let append = "ih_test.poweroff ih_test.plant";
+    let o = BootOpts {
+        extra_disk: Some(&vol),
+        ..m.opts("attacker", append)
+    };
+    let b1 = boot(&m.a, &o);
+    b1.check(b1.reached, "the guest report never appeared");
+    b1.check(
+        b1.value("plant") == "ok",
+        "the attacker's volume was not made",
+    );
+    b1.check(
+        b1.value("vdb_luks_token_type") == "\"systemd-tpm2\"",
+        "the attacker's volume has no systemd-tpm2 token",
+    );
+    // The swap: the TPM would unseal that token; the binding refuses it.
+    plant_volume(&m, &vol);
+    let digest = sha256(&m.disk);
+    let b = m.boot_refused("same_policy", "", true);
+    b.check_refused(&["did not provision", "names another volume", "recovery key"]);
+    b.check(sha256(&m.disk) == digest, "the disk changed");
     b.check(
-        attrs.contains("55"),
-        &format!("the in-progress mark is not on disk: {attrs:?}"),
+        helper_lines(&b, "unlocked") == 0,
+        "the helper unlocked a foreign volume",
     );
-    // Cut 2: the volume is formatted and open; mkfs is running.
-    let b = power_cut(&m, "cut_during_mkfs", "data: LUKS2 formatted");
-    b.check(
-        helper_lines(&b, "interrupted first boot") >= 1,
-        "the second boot did not recognise the interrupted first boot",
-    );
-    let (_, _, attrs) = m.data_entry();
-    b.check(
-        attrs.contains("55"),
-        "the cut came after provisioning had finished (mark cleared)",
-    );
-    // The next boot converges, and what it stores persists.
-    let b3 = m.boot_ok("converge", "ih_test.write=survives");
-    check_provisioned(&m, &b3);
-    b3.check(b3.value("data_write") == "ok", "writing to /var failed");
-    let b4 = m.boot_ok("later", "");
-    b4.check(
-        b4.value("data_probe") == "survives",
-        "data written after convergence is gone",
-    );
-    b4.check(
-        b4.value("machine_id") == b3.value("machine_id"),
-        "the machine-id changed",
-    );
+    // A volume sealed to another PCR set (an attacker's `initrd-helper
+    // encrypt --pcrs 16`): refused before anything is unsealed.
+    std::fs::File::create(&vol).unwrap().set_len(0).unwrap();
+    std::fs::File::create(&vol).unwrap().set_len(len).unwrap();
+    let e = enroll(&m.s.0, &vol, "16");
+    assert!(e["luks_uuid"].as_str().is_some_and(|u| u.len() == 36));
+    plant_volume(&m, &vol);
+    let digest = sha256(&m.disk);
+    let b = m.boot_refused("other_policy", "", true);
+    b.check_refused(&[
+        "did not provision",
+        "sealed to sha256 PCRs [16]",
+        "recovery key",
+    ]);
+    b.check(sha256(&m.disk) == digest, "the disk changed");
 }

@@ -5,69 +5,12 @@
 //! is the data volume the helper provisions during that boot.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
-use vm_tests::{boot, key_opens, Artifacts, BootOpts, Scratch};
+use vm_tests::{boot, enroll, key_opens, Artifacts, BootOpts, Scratch};
 
 /// PCR 16 (debug): no firmware or kernel extends it, and swtpm's
 /// startup-clear resets it at each start, so the value sealed to on the host
 /// is the value the guest sees.
 const PCRS: &str = "16";
-
-fn helper_bin() -> PathBuf {
-    PathBuf::from(std::env::var("IH_HELPER_BIN").expect("IH_HELPER_BIN is set by `make test`"))
-}
-
-/// Enrolls `img` against the swtpm state in `tpm_dir` (the state the boot's
-/// swtpm will load). Returns the helper's JSON report.
-fn enroll(tpm_dir: &Path, img: &Path) -> serde_json::Value {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut tpm = Command::new("swtpm")
-        .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
-        .arg("--tpmstate")
-        .arg(format!("dir={}", tpm_dir.display()))
-        .args([
-            "--server",
-            &format!("type=tcp,bindaddr=127.0.0.1,port={port}"),
-        ])
-        .args([
-            "--ctrl",
-            &format!("type=tcp,bindaddr=127.0.0.1,port={}", port + 1),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = Command::new(helper_bin())
-        .args([
-            "encrypt",
-            "--pcrs",
-            PCRS,
-            "--tcti",
-            &format!("swtpm:host=127.0.0.1,port={port}"),
-        ])
-        .arg(img)
-        .output()
-        .unwrap();
-    let _ = tpm.kill();
-    let _ = tpm.wait();
-    assert!(
-        out.status.success(),
-        "initrd-helper encrypt: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 #[test]
 #[ignore = "VM test: run through `make test`"]
@@ -79,7 +22,7 @@ fn vm_systemd_cryptsetup_interop() {
         .unwrap()
         .set_len(64 << 20)
         .unwrap();
-    let e = enroll(&s.0, &img);
+    let e = enroll(&s.0, &img, PCRS);
     assert_eq!(e["pcrs"], serde_json::json!([16]));
     assert_eq!(e["recovery_key"].as_str().map(str::len), Some(71));
 

@@ -34,6 +34,18 @@ fn partition_nodes(root: &Path, sys_disk: &Path) -> BTreeMap<u32, PathBuf> {
     out
 }
 
+/// The logical sector size the kernel reads `sysname`'s table with, when
+/// sysfs says (bounded to the sizes GPT readers know).
+pub fn logical_sector_size(root: &Path, sysname: &str) -> Option<u64> {
+    let p = root
+        .join("sys/class/block")
+        .join(sysname)
+        .join("queue/logical_block_size");
+    read_trimmed(&p)
+        .and_then(|s| s.parse().ok())
+        .filter(|n| gpt::SECTOR_SIZES.contains(n))
+}
+
 /// Whole disks the kernel knows now, with their tables and partitions;
 /// partitions of type `probe_type` are also probed by libblkid.
 pub fn scan(root: &Path, probe_type: Option<Guid>) -> Vec<DiskFacts> {
@@ -50,26 +62,39 @@ pub fn scan(root: &Path, probe_type: Option<Guid>) -> Vec<DiskFacts> {
     names.sort();
     names
         .into_iter()
-        // sysfs shows a disk slightly before devtmpfs has made its node: a
-        // disk without one is left out now and found by the next rescan.
-        .filter(|n| root.join("dev").join(n).exists())
         .map(|n| {
+            let node = root.join("dev").join(&n);
+            // sysfs shows a disk slightly before devtmpfs has made its node:
+            // such a disk is reported as settling, and the decision waits.
+            if !node.exists() {
+                return settling_disk(n, node);
+            }
             let nodes = partition_nodes(root, &class.join(&n));
-            read_disk(n.clone(), root.join("dev").join(&n), probe_type, |num| {
+            let ss = logical_sector_size(root, &n);
+            let mut d = read_disk(n.clone(), node, ss, probe_type, |num| {
                 nodes
                     .get(&num)
                     .filter(|p| p.exists())
                     .map(|p| (p.clone(), 0, 0))
-            })
-        })
-        // Likewise a disk some of whose partitions have no node yet: planning
-        // on part of a table could pick an older root slot or miss the data
-        // partition (seen in a VM boot). It is found by the next rescan.
-        .filter(|d| match &d.table {
-            Ok(t) => d.partitions.len() == t.partitions.len(),
-            Err(_) => true,
+            });
+            // Likewise a disk some of whose partitions have no node yet:
+            // planning on part of a table could pick an older root slot,
+            // miss the data partition, or miss a look-alike (seen in VM boots).
+            d.settling = matches!(&d.table, Ok(t) if d.partitions.len() != t.partitions.len());
+            d
         })
         .collect()
+}
+
+fn settling_disk(name: String, dev: PathBuf) -> DiskFacts {
+    DiskFacts {
+        name,
+        dev,
+        size: 0,
+        table: Err("no device node yet".into()),
+        partitions: Vec::new(),
+        settling: true,
+    }
 }
 
 /// Facts for a disk image file: partition "devices" are the image itself.
@@ -80,15 +105,21 @@ pub fn disk_from_image(path: &Path, probe_type: Option<Guid>) -> DiskFacts {
     let table = File::open(path)
         .ok()
         .and_then(|mut f| gpt::read(&mut f).ok());
-    read_disk(path.display().to_string(), p.clone(), probe_type, |n| {
-        let part = table.as_ref()?.partitions.iter().find(|x| x.number == n)?;
-        let ss = table.as_ref()?.sector_size;
-        Some((
-            PathBuf::from(format!("{}#{n}", p.display())),
-            part.offset(ss),
-            part.size(ss),
-        ))
-    })
+    read_disk(
+        path.display().to_string(),
+        p.clone(),
+        None,
+        probe_type,
+        |n| {
+            let part = table.as_ref()?.partitions.iter().find(|x| x.number == n)?;
+            let ss = table.as_ref()?.sector_size;
+            Some((
+                PathBuf::from(format!("{}#{n}", p.display())),
+                part.offset(ss),
+                part.size(ss),
+            ))
+        },
+    )
 }
 
 fn probe_at(f: &mut File, offset: u64) -> Option<FsKind> {
@@ -110,10 +141,12 @@ fn blkid_at(node: &Path, image: &Path, offset: u64, len: u64) -> Result<Signatur
 }
 
 /// `node(n)`: partition n's device node, with its byte range when it is a
-/// range of the image file `dev` (0, 0 for a real partition node).
+/// range of the image file `dev` (0, 0 for a real partition node); `ss`:
+/// the device's logical sector size (`None`: an image, either size).
 fn read_disk(
     name: String,
     dev: PathBuf,
+    ss: Option<u64>,
     probe_type: Option<Guid>,
     node: impl Fn(u32) -> Option<(PathBuf, u64, u64)>,
 ) -> DiskFacts {
@@ -123,6 +156,7 @@ fn read_disk(
         size: 0,
         table: Err(String::new()),
         partitions: Vec::new(),
+        settling: false,
     };
     let mut f = match File::open(&dev) {
         Ok(f) => f,
@@ -132,7 +166,11 @@ fn read_disk(
         }
     };
     facts.size = f.seek(SeekFrom::End(0)).unwrap_or(0);
-    match gpt::read(&mut f) {
+    let table = match ss {
+        Some(ss) => gpt::read_sized(&mut f, ss),
+        None => gpt::read(&mut f),
+    };
+    match table {
         Ok(t) => {
             for p in &t.partitions {
                 // A partition without a device node yet is skipped; the
@@ -192,15 +230,18 @@ mod tests {
     #[test]
     fn disks_without_all_partition_nodes_wait_for_the_next_scan() {
         let root = fake_root();
-        assert!(scan(root.path(), None).is_empty(), "no /dev/vda yet");
+        let d = scan(root.path(), None);
+        assert!(d.len() == 1 && d[0].settling, "no /dev/vda yet: settling");
         write_disk(root.path());
+        let d = scan(root.path(), None);
         assert!(
-            scan(root.path(), None).is_empty(),
-            "no /dev/vda1 yet: the disk waits for the next scan"
+            d.len() == 1 && d[0].settling && d[0].partitions.is_empty(),
+            "no /dev/vda1 yet: the disk is settling"
         );
         std::fs::write(root.path().join("dev/vda1"), b"").unwrap();
         let disks = scan(root.path(), None);
         assert_eq!(disks.len(), 1, "loop devices are never candidates");
+        assert!(!disks[0].settling);
         assert_eq!(disks[0].partitions[0].gpt.label, "os_1");
         assert_eq!(disks[0].partitions[0].dev, root.path().join("dev/vda1"));
     }

@@ -38,8 +38,12 @@ pub fn edit_entry(
     use anyhow::Context;
     let mut f = open_rw(disk).with_context(|| format!("opening {}", disk.display()))?;
     let size = f.seek(SeekFrom::End(0))?;
-    let table =
-        gpt::read(&mut f).with_context(|| format!("reading the GPT of {}", disk.display()))?;
+    let sysname = disk.file_name().map(|n| n.to_string_lossy().into_owned());
+    let table = match sysname.and_then(|n| super::block::logical_sector_size(Path::new("/"), &n)) {
+        Some(ss) => gpt::read_sized(&mut f, ss),
+        None => gpt::read(&mut f),
+    }
+    .with_context(|| format!("reading the GPT of {}", disk.display()))?;
     let p = table
         .partitions
         .iter()

@@ -7,11 +7,14 @@ use libcryptsetup_rs::consts::flags::{CryptActivate, CryptDeactivate, CryptPbkdf
 use libcryptsetup_rs::consts::vals::{CryptKdf, EncryptionFormat};
 use libcryptsetup_rs::{CryptInit, CryptPbkdfType, Either, LibcryptErr, TokenInput};
 use std::path::Path;
+use zeroize::Zeroizing;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LuksError {
     #[error("libcryptsetup on {dev}: {source}")]
     Lib { dev: String, source: LibcryptErr },
+    #[error("the LUKS2 header of {0} claims an implausible volume key size")]
+    KeySize(String),
 }
 
 fn wrapper(dev: &Path) -> impl Fn(LibcryptErr) -> LuksError + '_ {
@@ -52,13 +55,41 @@ pub fn tpm2_token(dev: &Path) -> Result<Option<serde_json::Value>, LuksError> {
     Ok(None)
 }
 
-/// Opens `dev` as /dev/mapper/`name` with a keyslot passphrase.
-pub fn open(dev: &Path, name: &str, passphrase: &[u8]) -> Result<(), LuksError> {
+/// An unlocked volume's identity: what binding and measuring need.
+pub struct Volume {
+    pub uuid: String,
+    pub key: Zeroizing<Vec<u8>>,
+}
+
+/// LUKS2 volume keys are at most this long (aes-xts-plain64 with AES-256
+/// takes 64 bytes); a header that claims more is refused before allocating.
+const MAX_VOLUME_KEY: usize = 128;
+
+/// The volume key of `dev`, from a keyslot passphrase. Nothing is activated:
+/// the caller checks what the key proves first.
+pub fn volume_key(dev: &Path, passphrase: &[u8]) -> Result<Volume, LuksError> {
+    let wrap = wrapper(dev);
+    let mut cd = load(dev)?;
+    let size = usize::try_from(cd.status_handle().get_volume_key_size())
+        .ok()
+        .filter(|&n| (1..=MAX_VOLUME_KEY).contains(&n))
+        .ok_or(LuksError::KeySize(dev.display().to_string()))?;
+    let mut key = Zeroizing::new(vec![0u8; size]);
+    let (_, n) = cd
+        .volume_key_handle()
+        .get(None, &mut key, Some(passphrase))
+        .map_err(&wrap)?;
+    key.truncate(n.min(size));
+    let uuid = cd.status_handle().get_uuid().map_err(&wrap)?.to_string();
+    Ok(Volume { uuid, key })
+}
+
+/// Opens `dev` as /dev/mapper/`name` with its volume key.
+pub fn open_with_key(dev: &Path, name: &str, key: &[u8]) -> Result<(), LuksError> {
     let mut cd = load(dev)?;
     cd.activate_handle()
-        .activate_by_passphrase(Some(name), None, passphrase, CryptActivate::empty())
-        .map_err(wrapper(dev))?;
-    Ok(())
+        .activate_by_volume_key(Some(name), Some(key), CryptActivate::empty())
+        .map_err(wrapper(dev))
 }
 
 /// Closes /dev/mapper/`name`.

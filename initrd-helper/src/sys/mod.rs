@@ -4,10 +4,12 @@
 pub mod blkid;
 pub mod blkpg;
 pub mod block;
+pub mod cryptlog;
 pub mod disk_write;
 pub mod luks;
 pub mod mount;
 pub mod tpm;
+pub mod tpm_bind;
 pub mod tpm_seal;
 pub mod verity;
 
@@ -35,6 +37,22 @@ pub fn disks(
             .map(|p| block::disk_from_image(p, probe_type))
             .collect()
     }
+}
+
+/// `LoaderDevicePartUUID` from efivarfs under `root`, when the boot loader
+/// or stub set it and it parses.
+pub fn loader_partuuid(root: &Path) -> Option<crate::guid::Guid> {
+    let name = format!("LoaderDevicePartUUID-{}", crate::facts::LOADER_VENDOR);
+    let p = root.join("sys/firmware/efi/efivars").join(name);
+    // Bounded read: the variable is 4 + 74 bytes.
+    let mut buf = Vec::new();
+    use std::io::Read;
+    std::fs::File::open(p)
+        .ok()?
+        .take(256)
+        .read_to_end(&mut buf)
+        .ok()?;
+    crate::facts::parse_loader_partuuid(&buf)
 }
 
 /// Whether a device-mapper device `/dev/mapper/NAME` exists already

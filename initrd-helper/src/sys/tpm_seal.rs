@@ -104,7 +104,7 @@ pub fn pcr_selection(pcrs: &[u8]) -> TpmResult<PcrSelectionList> {
 
 /// A session salted with the SRK, encrypting command and response parameters.
 /// An sha256 session of `kind`, salted with `salt_key` when given.
-fn start(
+pub(crate) fn start(
     ctx: &mut Context,
     salt_key: Option<KeyHandle>,
     kind: SessionType,
@@ -134,7 +134,7 @@ fn salted(ctx: &mut Context, srk: KeyHandle, kind: SessionType) -> TpmResult<Aut
 }
 
 /// The policy digest of PolicyPCR over the PCRs' current values.
-fn policy_digest(ctx: &mut Context, pcrs: &PcrSelectionList) -> TpmResult<Digest> {
+pub(crate) fn policy_digest(ctx: &mut Context, pcrs: &PcrSelectionList) -> TpmResult<Digest> {
     let trial = start(ctx, None, SessionType::Trial)?;
     let session = PolicySession::try_from(trial)?;
     let result = ctx

@@ -1,0 +1,118 @@
+//! The boot's inputs: the kernel command line, the config file and the
+//! machine's facts, gathered (with a bounded wait for the boot disk) and
+//! planned. `run` and `plan` share this; so do the bad-input tests, which
+//! plan disk images the way `plan --disk` does.
+
+use crate::{cmdline, config, facts, plan, sys};
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// What `plan --disk` assumes in place of the host's TPM.
+pub const ASSUMED_TPM: &str = "assumed present (plan --disk does not look at the host's TPM)";
+
+/// How often the boot disk is looked for again while waiting.
+const RESCAN_INTERVAL: Duration = Duration::from_millis(100);
+
+pub struct Inputs {
+    pub cmd: cmdline::Cmdline,
+    pub cfg: config::Config,
+    pub root: PathBuf,
+}
+
+/// Parses the command line (`cmdline`, else ROOT/proc/cmdline) and the
+/// config (`config`, else the default path; missing = defaults).
+pub fn load(cmdline: Option<&str>, config: Option<&Path>, root: Option<&Path>) -> Result<Inputs> {
+    let root = root.map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+    let text = match cmdline {
+        Some(c) => c.to_string(),
+        None => {
+            std::fs::read_to_string(root.join("proc/cmdline")).context("reading /proc/cmdline")?
+        }
+    };
+    let cmd = cmdline::parse(&text)?;
+    let cfg_path = config.map_or_else(|| PathBuf::from(config::DEFAULT_PATH), Path::to_path_buf);
+    let cfg = config::load(&cfg_path)?;
+    Ok(Inputs { cmd, cfg, root })
+}
+
+/// Gathers facts and plans, rescanning until the boot disk shows up or the
+/// configured timeout passes (udev may still be loading the disk driver).
+pub fn plan_with_wait(
+    i: &Inputs,
+    images: &[PathBuf],
+    wait: bool,
+) -> Result<(plan::Plan, facts::Facts)> {
+    let deadline = Instant::now() + Duration::from_secs(i.cfg.devices.timeout_secs.into());
+    let mut said = false;
+    let probe_type = i.cfg.data.enabled.then_some(i.cfg.data.partition_type);
+    let mut tpm = facts::TpmFacts::Absent;
+    let loader_partuuid = if images.is_empty() {
+        sys::loader_partuuid(&i.root)
+    } else {
+        None
+    };
+    loop {
+        let disks = sys::disks(&i.root, images, probe_type);
+        // A TPM found once stays found; an absent one is looked for again
+        // (its driver may load after the disk's), which is cheap.
+        // Planning a disk image: the host's TPM and device-mapper say
+        // nothing about the machine it is for; a usable TPM is assumed.
+        if !images.is_empty() {
+            tpm = facts::TpmFacts::Present {
+                manufacturer: ASSUMED_TPM.into(),
+            };
+        } else if !matches!(tpm, facts::TpmFacts::Present { .. }) {
+            tpm = sys::tpm::probe(&i.root);
+        }
+        let facts = facts::Facts {
+            disks,
+            tpm: tpm.clone(),
+            data_open: images.is_empty() && sys::mapper_active(plan::DATA_NAME),
+            loader_partuuid,
+        };
+        match plan::plan(&facts, &i.cmd, &i.cfg) {
+            Ok(p) => return Ok((p, facts)),
+            Err(e) if wait && e.may_resolve_by_waiting() && Instant::now() < deadline => {
+                if !said {
+                    ::log::info!(
+                        "waiting up to {} s for the boot disk: {e}",
+                        i.cfg.devices.timeout_secs
+                    );
+                    said = true;
+                }
+                std::thread::sleep(RESCAN_INTERVAL);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// An error as the one line the console and journal get: the chain joined
+/// with ": ", a cause dropped when the entry before already ends with its
+/// text (some library errors print their source too).
+pub fn error_line(e: &anyhow::Error) -> String {
+    chain_text(e.chain().map(|c| c.to_string()))
+}
+
+fn chain_text(chain: impl Iterator<Item = String>) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for c in chain {
+        if !parts.last().is_some_and(|p| p.ends_with(&c)) {
+            parts.push(c);
+        }
+    }
+    parts.join(": ").replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chain_text_drops_repeated_causes() {
+        let c = ["step verity", "io: No such device", "No such device"].map(String::from);
+        assert_eq!(
+            super::chain_text(c.into_iter()),
+            "step verity: io: No such device"
+        );
+    }
+}

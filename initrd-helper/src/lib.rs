@@ -1,0 +1,28 @@
+//! initrd-helper as a library: every module the binary (`main.rs`) runs,
+//! so the fuzz targets (`initrd-helper/fuzz/`) reach the same parsers and
+//! the planner. Nothing here has side effects until `sys` is called.
+
+pub mod apply;
+pub mod b64;
+#[cfg(test)]
+mod bad_input;
+pub mod cmdline;
+pub mod config;
+pub mod data;
+pub mod dps;
+pub mod facts;
+pub mod fuzzing;
+pub mod gpt;
+pub mod gpt_grow;
+pub mod guid;
+pub mod hex;
+pub mod identity;
+pub mod inputs;
+pub mod log;
+pub mod machine_id;
+pub mod mountinfo;
+pub mod plan;
+pub mod provision;
+pub mod sys;
+pub mod token;
+pub mod verity;
