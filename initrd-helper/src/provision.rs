@@ -80,7 +80,8 @@ pub fn seal_and_format(
     dev: &Path,
     pcrs: &[u8],
 ) -> Result<(Encrypted, Zeroizing<String>)> {
-    let srk = tpm_seal::srk(ctx).context("getting the storage root key")?;
+    let srk = tpm_seal::srk(ctx).context(SRK_REFUSED)?;
+    let srk_name = tpm_seal::srk_name(ctx, srk).context("reading the storage root key's name")?;
     let secret = Zeroizing::new(random32()?);
     let sealed = tpm_seal::seal(ctx, srk, pcrs, &*secret).context("sealing the volume secret")?;
     let blob = token::blob(&sealed.private, &sealed.public);
@@ -96,6 +97,7 @@ pub fn seal_and_format(
                 blob: &blob,
                 pcrs,
                 policy_hash: &sealed.policy_hash,
+                srk_name: &srk_name,
             })
         },
     )
@@ -129,23 +131,53 @@ pub fn unseal_passphrase(
             dev.display()
         );
     }
-    let srk = tpm_seal::srk(ctx).context("getting the storage root key")?;
+    let srk = tpm_seal::srk(ctx).context(SRK_REFUSED)?;
+    let name = tpm_seal::srk_name(ctx, srk).context("reading the storage root key's name")?;
+    if let Some(why) = token::srk_mismatch(&t, &name) {
+        bail!(
+            "{}: {why}; nothing was changed; unlock with the recovery key",
+            dev.display()
+        );
+    }
     let sealed = tpm_seal::Sealed {
         private: t.private,
         public: t.public,
         policy_hash: Vec::new(),
     };
-    let secret = Zeroizing::new(tpm_seal::unseal(ctx, srk, &t.pcrs, &sealed).map_err(|e| {
-        anyhow::Error::new(e).context(format!(
-            "the TPM refused to unseal the key of {} (policy: sha256 PCRs {:?}). If the firmware, \
-             its settings or the Secure Boot databases changed since enrollment, this is expected: \
-             nothing was changed; unlock with the recovery key",
-            dev.display(),
-            t.pcrs
-        ))
-    })?);
+    let secret = Zeroizing::new(
+        tpm_seal::unseal(ctx, srk, &t.pcrs, &sealed).map_err(|e| unseal_error(e, dev, &t.pcrs))?,
+    );
     Ok(Zeroizing::new(token::tpm_passphrase(&secret)))
 }
+
+/// A refused unseal, named by its cause: dictionary-attack lockout is not
+/// a policy change, and says when it ends and how to get in meanwhile.
+fn unseal_error(e: tss_esapi::Error, dev: &Path, pcrs: &[u8]) -> anyhow::Error {
+    use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
+    let lockout = matches!(&e, tss_esapi::Error::Tss2Error(rc) if rc.kind() == Some(Tss2ResponseCodeKind::Lockout));
+    let why = if lockout {
+        format!(
+            "the TPM is in dictionary-attack lockout (too many failed authorisations or unclean \
+             power-offs) and refuses to unseal the key of {}: this is not a policy change; it \
+             ends after the TPM's lockout recovery time (or when its owner clears it, e.g. \
+             tpm2_dictionarylockout --clear-lockout); nothing was changed; meanwhile unlock with \
+             the recovery key",
+            dev.display()
+        )
+    } else {
+        format!(
+            "the TPM refused to unseal the key of {} (policy: sha256 PCRs {pcrs:?}). If the \
+             firmware, its settings or the Secure Boot databases changed since enrollment, this is \
+             expected: nothing was changed; unlock with the recovery key",
+            dev.display()
+        )
+    };
+    anyhow::Error::new(e).context(why)
+}
+
+/// Said when the persistent key at 0x81000001 is not one we can trust.
+const SRK_REFUSED: &str = "getting the storage root key (a key at 0x81000001 that is not made \
+     from the SRK template is refused)";
 
 /// Said with every refusal of a volume the helper did not make.
 pub const FOREIGN_ADVICE: &str =
@@ -157,6 +189,24 @@ pub const FOREIGN_ADVICE: &str =
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lockout_is_named_as_such_not_as_a_policy_change() {
+        use tss_esapi::constants::response_code::Tss2ResponseCode;
+        let dev = Path::new("/dev/vda6");
+        let lockout = tss_esapi::Error::Tss2Error(Tss2ResponseCode::from(0x0000_0921));
+        let t = format!("{:#}", unseal_error(lockout, dev, &[7]));
+        assert!(
+            t.contains("dictionary-attack lockout") && t.contains("not a policy change"),
+            "{t}"
+        );
+        let policy = tss_esapi::Error::Tss2Error(Tss2ResponseCode::from(0x0000_099d));
+        let t = format!("{:#}", unseal_error(policy, dev, &[7]));
+        assert!(
+            t.contains("refused to unseal") && !t.contains("lockout"),
+            "{t}"
+        );
+    }
 
     #[test]
     fn pcr_lists() {

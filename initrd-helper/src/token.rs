@@ -29,6 +29,15 @@ pub struct TpmToken<'a> {
     pub blob: &'a [u8],
     pub pcrs: &'a [u8],
     pub policy_hash: &'a [u8],
+    /// The SRK's TPM name at enrollment (our own field; systemd ignores it).
+    pub srk_name: &'a [u8],
+}
+
+/// Our token field pinning the SRK the secret was sealed under.
+const SRK_FIELD: &str = "initrd-helper-srk-name";
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The token JSON as systemd 252 writes it (hyphenated keys).
@@ -40,8 +49,9 @@ pub fn token_json(t: &TpmToken) -> Value {
         "tpm2-pcrs": t.pcrs,
         "tpm2-pcr-bank": "sha256",
         "tpm2-primary-alg": "ecc",
-        "tpm2-policy-hash": t.policy_hash.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        "tpm2-policy-hash": hex(t.policy_hash),
         "tpm2-pin": false,
+        SRK_FIELD: hex(t.srk_name),
     })
 }
 
@@ -55,6 +65,22 @@ pub struct ParsedToken {
     pub primary_alg: String,
     /// A signed-policy public key (`tpm2_pubkey`): not a policy we create yet.
     pub signed_policy: bool,
+    /// The SRK name pinned at enrollment (hex), when the token has one.
+    pub srk_name: Option<String>,
+}
+
+/// Why the TPM's current SRK is not the one the token was sealed under.
+pub fn srk_mismatch(t: &ParsedToken, current: &[u8]) -> Option<String> {
+    let pinned = t.srk_name.as_deref()?;
+    (pinned != hex(current)).then(|| {
+        format!(
+            "the TPM's storage root key (0x81000001, name {}) is not the one the volume was sealed \
+             under (name {}): the key was replaced, or something between the helper and the TPM \
+             answers in its place; refusing to send it the session salt",
+            cut(&hex(current), 70),
+            cut(pinned, 70)
+        )
+    })
 }
 
 /// Why a token's policy is not the one the helper creates: then the volume
@@ -132,6 +158,7 @@ pub fn parse_token(v: &Value) -> Result<ParsedToken, String> {
         pcrs,
         primary_alg: cut(primary_alg, 16),
         signed_policy,
+        srk_name: v[SRK_FIELD].as_str().map(|s| cut(s, 140)),
     })
 }
 
@@ -177,6 +204,7 @@ mod tests {
             blob: &[0xff],
             pcrs: &[7],
             policy_hash: &[0xab, 0x01],
+            srk_name: &[0x00, 0x0b, 0xcd],
         };
         let j = token_json(&t);
         assert_eq!(j["type"], "systemd-tpm2");
@@ -185,6 +213,16 @@ mod tests {
         assert_eq!(j["tpm2-pcrs"], json!([7]));
         assert_eq!(j["tpm2-policy-hash"], "ab01");
         assert_eq!(j["tpm2-pin"], false);
+        assert_eq!(j["initrd-helper-srk-name"], "000bcd");
+        let j = token_json(&TpmToken {
+            blob: &blob(&[1], &[2]),
+            ..t
+        });
+        let p = parse_token(&j).unwrap();
+        assert_eq!(srk_mismatch(&p, &[0x00, 0x0b, 0xcd]), None);
+        assert!(srk_mismatch(&p, &[0x00, 0x0b, 0xce])
+            .unwrap()
+            .contains("not the one"));
     }
 
     #[test]
@@ -194,6 +232,7 @@ mod tests {
             blob: &blob(&[1, 2, 3], &[4, 5]),
             pcrs: &[0, 7],
             policy_hash: &[0xab],
+            srk_name: &[],
         };
         let p = parse_token(&token_json(&t)).unwrap();
         assert_eq!(
@@ -215,6 +254,7 @@ mod tests {
             blob: &blob(&[1], &[2]),
             pcrs: &[7],
             policy_hash: &[0xab],
+            srk_name: &[],
         };
         let ours = parse_token(&token_json(&t)).unwrap();
         assert_eq!(policy_mismatch(&ours, &[7]), None);

@@ -240,6 +240,7 @@ mod tests {
                     blob: &blob,
                     pcrs: &[7],
                     policy_hash: &sealed.policy_hash,
+                    srk_name: &[0x00, 0x0b],
                 })
             },
         )

@@ -69,13 +69,50 @@ fn srk_template() -> TpmResult<Public> {
         .build()
 }
 
-/// The persistent SRK, created and persisted on first use.
+/// Whether `found` is a key made from `srk_template()` (all but its
+/// public point, which the owner seed decides).
+fn is_our_srk(found: &Public) -> bool {
+    let Ok(want) = srk_template() else {
+        return false;
+    };
+    match (found, &want) {
+        (
+            Public::Ecc {
+                object_attributes: a,
+                name_hashing_algorithm: n,
+                auth_policy: p,
+                parameters: q,
+                ..
+            },
+            Public::Ecc {
+                object_attributes: a2,
+                name_hashing_algorithm: n2,
+                auth_policy: p2,
+                parameters: q2,
+                ..
+            },
+        ) => a == a2 && n == n2 && p == p2 && q == q2,
+        _ => false,
+    }
+}
+
+/// The persistent SRK, created and persisted on first use. A key at that
+/// handle that is not made from our template (fixedTPM, sensitiveDataOrigin,
+/// restricted decrypt ECC P-256, ...) is refused: salting sessions with a
+/// planted key would hand the salt to whoever planted it.
 pub fn srk(ctx: &mut Context) -> TpmResult<KeyHandle> {
     let persistent = PersistentTpmHandle::new(SRK_HANDLE)?;
     if let Ok(h) =
         ctx.execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::Persistent(persistent)))
     {
-        return Ok(h.into());
+        let key: KeyHandle = h.into();
+        let (public, _, _) = ctx.execute_without_session(|c| c.read_public(key))?;
+        if !is_our_srk(&public) {
+            return Err(tss_esapi::Error::WrapperError(
+                tss_esapi::WrapperErrorKind::InconsistentParams,
+            ));
+        }
+        return Ok(key);
     }
     let created = ctx.execute_with_nullauth_session(|c| {
         c.create_primary(Hierarchy::Owner, srk_template()?, None, None, None, None)
@@ -89,6 +126,12 @@ pub fn srk(ctx: &mut Context) -> TpmResult<KeyHandle> {
     })?;
     ctx.flush_context(created.key_handle.into())?;
     Ok(handle.into())
+}
+
+/// The SRK's TPM name (nameAlg || digest of its public area): what the
+/// token pins, so a later unlock salts only to the same key.
+pub fn srk_name(ctx: &mut Context, srk: KeyHandle) -> TpmResult<Vec<u8>> {
+    Ok(ctx.tr_get_name(srk.into())?.value().to_vec())
 }
 
 /// PCR indexes (0-23) of the sha256 bank as a selection.
@@ -241,6 +284,45 @@ mod tests {
     }
 
     #[test]
+    fn swtpm_a_planted_key_at_the_srk_handle_is_refused() {
+        let t = swtpm();
+        let mut ctx = context(&t);
+        // A restricted decryption key of another shape (RSA here would do
+        // too): same handle, not our template.
+        let mut tpl = srk_template().unwrap();
+        if let Public::Ecc {
+            object_attributes, ..
+        } = &mut tpl
+        {
+            *object_attributes = ObjectAttributesBuilder::new()
+                .with_fixed_tpm(true)
+                .with_fixed_parent(true)
+                .with_sensitive_data_origin(true)
+                .with_user_with_auth(true)
+                .with_no_da(true)
+                .with_restricted(true)
+                .with_decrypt(true)
+                .build()
+                .unwrap();
+        }
+        let k = ctx
+            .execute_with_nullauth_session(|c| {
+                c.create_primary(Hierarchy::Owner, tpl, None, None, None, None)
+            })
+            .unwrap();
+        let persistent = PersistentTpmHandle::new(SRK_HANDLE).unwrap();
+        ctx.execute_with_nullauth_session(|c| {
+            c.evict_control(
+                Provision::Owner,
+                k.key_handle.into(),
+                Persistent::Persistent(persistent),
+            )
+        })
+        .unwrap();
+        assert!(srk(&mut ctx).is_err());
+    }
+
+    #[test]
     fn swtpm_srk_is_persisted_and_reused() {
         let t = swtpm();
         let mut ctx = context(&t);
@@ -251,5 +333,7 @@ mod tests {
         let mut ctx = context(&t);
         let again = srk(&mut ctx).unwrap();
         assert_eq!(unseal(&mut ctx, again, &[7], &sealed).unwrap(), b"x");
+        let n = srk_name(&mut ctx, again).unwrap();
+        assert_eq!(n.len(), 34, "sha256 name: algorithm id + digest");
     }
 }
