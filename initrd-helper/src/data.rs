@@ -14,6 +14,7 @@ use crate::config::Encryption;
 use crate::identity;
 use crate::plan::{DataAction, DataStep, IN_PROGRESS_BIT};
 use crate::provision;
+use crate::reset::{self, ResetDecision};
 use crate::sys::{self, disk_write, luks, tpm_bind};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -46,38 +47,47 @@ pub fn run(d: &DataStep) -> Result<String> {
 
 fn open_or_reset(d: &DataStep) -> Result<String> {
     let opened = open(d).and_then(|_| mount(d));
-    let id = match (opened, d.reset.as_deref()) {
-        (Ok(()), None) => {
+    let done = match (&opened, &d.reset) {
+        (Ok(()), Some(_)) => std::fs::read_to_string(Path::new(&d.target).join(RESET_FILE)).ok(),
+        _ => None,
+    };
+    match reset::decide(d.reset.as_deref(), opened.is_ok(), done.as_deref()) {
+        ResetDecision::KeepAndRearm => {
             forget_reset(d);
-            return Ok(format!(
+            Ok(format!(
                 "opened {} and mounted it at {}",
                 d.dev.display(),
                 d.target
-            ));
+            ))
         }
-        (Err(e), None) => return Err(e),
-        (Err(e), Some(_)) => {
+        ResetDecision::Fail => Err(opened
+            .err()
+            .unwrap_or_else(|| anyhow::anyhow!("the data volume did not open"))),
+        ResetDecision::ResetUnopenable => {
             // Asked to erase it anyway: an unreadable volume is no reason not to.
-            log::warn!(
-                "factory reset: the old volume cannot be opened ({e:#}); erasing it regardless"
-            );
+            if let Err(e) = &opened {
+                log::warn!(
+                    "factory reset: the old volume cannot be opened ({e:#}); erasing it regardless"
+                );
+            }
             close(d)?;
-            return provision_volume(d);
+            provision_volume(d)
         }
-        (Ok(()), Some(id)) => id,
-    };
-    let done = std::fs::read_to_string(Path::new(&d.target).join(RESET_FILE)).ok();
-    if done.as_deref().map(str::trim) == Some(id) {
-        log::warn!(
-            "factory reset: this request was already carried out on an earlier boot; not resetting \
-             again (remove systemd.factory_reset= from the boot entry: after one boot without it, \
-             the flag works again; or use a new initrd_helper.factory_reset=ID)"
-        );
-        return Ok(format!("opened {} (reset already done)", d.dev.display()));
+        ResetDecision::AlreadyDone => {
+            log::warn!(
+                "factory reset: this request was already carried out on an earlier boot; not \
+                 resetting again (remove systemd.factory_reset= from the boot entry: after one \
+                 boot without it, the flag works again; or use a new initrd_helper.factory_reset=ID)"
+            );
+            Ok(format!("opened {} (reset already done)", d.dev.display()))
+        }
+        ResetDecision::Reset => {
+            sys::mount::umount(Path::new(&d.target))
+                .context("unmounting the data before the reset")?;
+            close(d)?;
+            provision_volume(d)
+        }
     }
-    sys::mount::umount(Path::new(&d.target)).context("unmounting the data before the reset")?;
-    close(d)?;
-    provision_volume(d)
 }
 
 /// Unlocks through the TPM (tpm2), but only a volume this machine

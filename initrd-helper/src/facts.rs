@@ -1,5 +1,12 @@
 //! Typed facts about the machine, gathered by `sys::disks` and `sys::tpm` (or built by
 //! hand in tests) and consumed by the pure planner.
+//!
+//! `probe_fs` is a small magic-number probe, not libblkid, on purpose: it
+//! runs on every partition of every disk on each 100 ms rescan, only picks
+//! the `mount(2)` type of a root slot (the kernel's mount and dm-verity check
+//! the real thing), and as a pure function it is fuzzed and unit-tested
+//! without a device. Where a decision destroys data (the data partition's
+//! blank proof), libblkid's full probe decides (`sys/blkid.rs`).
 
 use crate::gpt::{Gpt, Partition};
 use serde::Serialize;

@@ -1,87 +1,73 @@
-//! GUIDs as GPT stores them (mixed-endian) and as humans write them.
+//! GUIDs as GPT stores them (mixed-endian) and as humans write them, on
+//! top of the `uuid` crate (byte orders, parsing, formatting); this type
+//! only adds the strict parse and the GPT/serde conventions we rely on.
 //!
 //! Parsing is strict: a malformed GUID on the command line is a security
 //! problem (it selects the disk we write to), so only the canonical 8-4-4-4-12
-//! hex form is accepted; case is ignored.
+//! hex form is accepted (not `uuid`'s braced, URN or simple forms); case is
+//! ignored.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
+use uuid::Uuid;
 
 /// A 128-bit GUID in its canonical (big-endian, "display") byte order.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Guid([u8; 16]);
+pub struct Guid(Uuid);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("expected a GUID like 01234567-89ab-cdef-0123-456789abcdef")]
 pub struct GuidError;
 
+/// The canonical form's length: 32 hex digits and 4 dashes.
+const HYPHENATED_LEN: usize = 36;
+
 impl Guid {
     pub const fn from_bytes(b: [u8; 16]) -> Self {
-        Guid(b)
+        Guid(Uuid::from_bytes(b))
     }
 
     /// GPT stores the first three fields little-endian.
     pub fn from_gpt_bytes(b: &[u8; 16]) -> Self {
-        let mut o = *b;
-        o[0..4].reverse();
-        o[4..6].reverse();
-        o[6..8].reverse();
-        Guid(o)
+        Guid(Uuid::from_bytes_le(*b))
     }
 
     pub fn to_gpt_bytes(self) -> [u8; 16] {
-        let mut o = self.0;
-        o[0..4].reverse();
-        o[4..6].reverse();
-        o[6..8].reverse();
-        o
+        self.0.to_bytes_le()
     }
 
-    /// A random version-4 GUID.
-    pub fn random_v4(mut b: [u8; 16]) -> Self {
-        b[6] = (b[6] & 0x0f) | 0x40;
-        b[8] = (b[8] & 0x3f) | 0x80;
-        Guid(b)
+    /// A random version-4 GUID from 16 random bytes.
+    pub fn random_v4(b: [u8; 16]) -> Self {
+        Guid(uuid::Builder::from_random_bytes(b).into_uuid())
     }
 
     pub fn is_nil(&self) -> bool {
-        self.0 == [0; 16]
+        self.0.is_nil()
     }
 
     /// 32 lowercase hex digits without dashes (the machine-id format).
     pub fn to_simple(self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        self.0.simple().to_string()
     }
 }
 
 impl FromStr for Guid {
     type Err = GuidError;
     fn from_str(s: &str) -> Result<Self, GuidError> {
-        let groups: Vec<&str> = s.split('-').collect();
-        let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
-        if lens != [8, 4, 4, 4, 12] {
+        let dashes = [8, 13, 18, 23];
+        let canonical =
+            s.len() == HYPHENATED_LEN && dashes.iter().all(|&i| s.as_bytes()[i] == b'-');
+        if !canonical {
             return Err(GuidError);
         }
-        let hex: String = groups.concat();
-        let bytes = crate::hex::decode(&hex).map_err(|_| GuidError)?;
-        let arr: [u8; 16] = bytes.try_into().map_err(|_| GuidError)?;
-        Ok(Guid(arr))
+        Uuid::try_parse(s).map(Guid).map_err(|_| GuidError)
     }
 }
 
 impl fmt::Display for Guid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let h = self.to_simple();
-        write!(
-            f,
-            "{}-{}-{}-{}-{}",
-            &h[0..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..32]
-        )
+        fmt::Display::fmt(&self.0.hyphenated(), f)
     }
 }
 

@@ -23,6 +23,7 @@ pub mod machine_id;
 pub mod mountinfo;
 pub mod plan;
 pub mod provision;
+pub mod reset;
 pub mod sys;
 pub mod token;
 pub mod verity;

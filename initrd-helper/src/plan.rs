@@ -266,7 +266,7 @@ impl Step {
                     }
                 };
                 match reset {
-                    Some(_) => format!("{what}; factory reset requested (once per request)"),
+                    Some(id) => format!("{what}; {} (request {id:?})", crate::reset::RULE),
                     None => what,
                 }
             }
