@@ -19,6 +19,8 @@ PKGS=(
   # VM tests and the demo
   qemu-system-x86 swtpm swtpm-tools mmdebstrap fdisk e2fsprogs cryptsetup-bin
   dosfstools erofs-utils squashfs-tools ovmf python3-venv
+  # the power-cut matrix resets the software TPM's dictionary-attack counter
+  tpm2-tools
 )
 # virt-fw-vars edits OVMF variable stores (the dbx update of the TPM
 # mismatch scenario); not packaged for bookworm, so from PyPI, pinned.

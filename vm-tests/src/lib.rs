@@ -205,6 +205,9 @@ fn spawn_swtpm(dir: &Path) -> Child {
         .arg(format!("dir={}", dir.display()))
         .arg("--ctrl")
         .arg(format!("type=unixio,path={}", sock.display()))
+        // Its own errors, kept beside the consoles (a failed test keeps the dir).
+        .arg("--log")
+        .arg(format!("file={},level=1", dir.join("swtpm.log").display()))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -350,11 +353,21 @@ pub fn boot(a: &Artifacts, o: &BootOpts) -> Boot {
     if let Some(mut e) = vm.stderr.take() {
         let _ = e.read_to_string(&mut err);
     }
+    // swtpm ends by itself once QEMU is gone; a moment's grace lets it
+    // finish writing its state, as a TPM's NV writes are atomic.
+    let gone = Instant::now();
+    while gone.elapsed() < Duration::from_secs(2) && matches!(tpm.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let _ = tpm.kill();
     let _ = tpm.wait();
     let mut text = fs::read_to_string(&console).unwrap_or_default();
     if !err.trim().is_empty() {
         text.push_str(&format!("\n--- qemu stderr ---\n{err}"));
+    }
+    let swtpm = fs::read_to_string(o.tpm_dir.join("swtpm.log")).unwrap_or_default();
+    if !swtpm.trim().is_empty() {
+        text.push_str(&format!("\n--- swtpm log ---\n{swtpm}"));
     }
     let b = Boot {
         name: o.name.to_string(),
@@ -630,10 +643,9 @@ fn helper_bin() -> PathBuf {
     )
 }
 
-/// `initrd-helper encrypt --pcrs PCRS` of the blank `img` against the swtpm
-/// state in `tpm_dir` (the state the next boot's swtpm loads): a volume
-/// made outside the machine's own first boot. Returns the helper's JSON.
-pub fn enroll(tpm_dir: &Path, img: &Path, pcrs: &str) -> serde_json::Value {
+/// Runs `f` with a TCTI string for a swtpm (TCP) on the state in
+/// `tpm_dir` (the state the next boot's swtpm loads), then stops it.
+fn with_tcp_swtpm<T>(tpm_dir: &Path, f: impl FnOnce(&str) -> T) -> T {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
         l.local_addr()
@@ -662,18 +674,46 @@ pub fn enroll(tpm_dir: &Path, img: &Path, pcrs: &str) -> serde_json::Value {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let out = Command::new(helper_bin())
-        .args(["encrypt", "--pcrs", pcrs])
-        .args(["--tcti", &format!("swtpm:host=127.0.0.1,port={port}")])
-        .arg(img)
-        .output()
-        .unwrap_or_else(|e| panic!("initrd-helper encrypt: {e}"));
+    let r = f(&format!("swtpm:host=127.0.0.1,port={port}"));
     let _ = tpm.kill();
     let _ = tpm.wait();
+    r
+}
+
+/// `initrd-helper encrypt --pcrs PCRS` of the blank `img` against the swtpm
+/// state in `tpm_dir`: a volume made outside the machine's own first boot.
+/// Returns the helper's JSON.
+pub fn enroll(tpm_dir: &Path, img: &Path, pcrs: &str) -> serde_json::Value {
+    let out = with_tcp_swtpm(tpm_dir, |tcti| {
+        Command::new(helper_bin())
+            .args(["encrypt", "--pcrs", pcrs, "--tcti", tcti])
+            .arg(img)
+            .output()
+            .unwrap_or_else(|e| panic!("initrd-helper encrypt: {e}"))
+    });
     assert!(
         out.status.success(),
         "initrd-helper encrypt: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("encrypt's JSON: {e}"))
+}
+
+/// Resets the dictionary-attack counter of the TPM state in `tpm_dir`
+/// (empty lockout auth, as swtpm starts): every unclean power-off while a
+/// DA-protected key was in use counts as a failure, and a test that cuts
+/// the power ten times in a row would otherwise hit lockout (which the
+/// helper names as such; a unit test checks that).
+pub fn clear_da_lockout(tpm_dir: &Path) {
+    let out = with_tcp_swtpm(tpm_dir, |tcti| {
+        Command::new("tpm2_dictionarylockout")
+            .args(["--clear-lockout", "-T", tcti])
+            .output()
+            .unwrap_or_else(|e| panic!("tpm2_dictionarylockout (Debian tpm2-tools): {e}"))
+    });
+    assert!(
+        out.status.success(),
+        "tpm2_dictionarylockout --clear-lockout: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -7,8 +7,8 @@
 
 use std::process::{Command, Stdio};
 use vm_tests::{
-    boot, copy_range, dbx_update, enlarge, enroll, is_machine_id, key_opens, layout, sha256,
-    Artifacts, Boot, BootOpts, Scratch, EMERGENCY,
+    boot, clear_da_lockout, copy_range, dbx_update, enlarge, enroll, is_machine_id, key_opens,
+    layout, sha256, Artifacts, Boot, BootOpts, Scratch, EMERGENCY,
 };
 
 /// The golden image flashed onto a 4 GiB disk.
@@ -443,6 +443,7 @@ fn vm_power_cut_matrix() {
             b.check(!attrs.contains("55"), "the cleared mark came back");
         }
         marked_before = attrs.contains("55");
+        clear_da_lockout(&m.s.0);
         eprintln!("power cut {i}: {marker:?} + {delay} ms survived (mark set: {marked_before})");
     }
     eprintln!("power_cut_matrix: {} cut points survived", CUTS.len());
