@@ -58,7 +58,8 @@ pub fn plan_with_wait(
         // (its driver may load after the disk's), which is cheap.
         // Planning a disk image: the host's TPM and device-mapper say
         // nothing about the machine it is for; a usable TPM is assumed.
-        if !images.is_empty() {
+        // (`INITRD_HELPER_TCTI` names a TPM to ask instead, e.g. a swtpm.)
+        if !images.is_empty() && std::env::var_os(sys::tpm::TCTI_ENV).is_none() {
             tpm = facts::TpmFacts::Present {
                 manufacturer: ASSUMED_TPM.into(),
             };

@@ -95,7 +95,7 @@ fn cmd_plan(a: &Args) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         (Ok((_, p, _)), false) => {
-            if !a.disks.is_empty() {
+            if !a.disks.is_empty() && std::env::var_os(sys::tpm::TCTI_ENV).is_none() {
                 println!("assumed: TPM2 {ASSUMED_TPM}");
             }
             print_plan(&p);
