@@ -46,12 +46,26 @@ pub fn run(d: &DataStep) -> Result<String> {
 }
 
 fn open_or_reset(d: &DataStep) -> Result<String> {
-    let opened = open(d).and_then(|_| mount(d));
+    // PCR 15 is extended only once the volume is kept: a reset provisions a
+    // new volume, whose binding can only be written while PCR 15 is zero.
+    let mut pending = None;
+    let opened = open(d).and_then(|event| {
+        pending = event;
+        mount(d)
+    });
     let done = match (&opened, &d.reset) {
         (Ok(()), Some(_)) => std::fs::read_to_string(Path::new(&d.target).join(RESET_FILE)).ok(),
         _ => None,
     };
-    match reset::decide(d.reset.as_deref(), opened.is_ok(), done.as_deref()) {
+    let decision = reset::decide(d.reset.as_deref(), opened.is_ok(), done.as_deref());
+    let keeps = matches!(
+        decision,
+        ResetDecision::KeepAndRearm | ResetDecision::AlreadyDone | ResetDecision::Fail
+    );
+    if let (true, Some(event)) = (keeps, pending) {
+        measure(&event)?;
+    }
+    match decision {
         ResetDecision::KeepAndRearm => {
             forget_reset(d);
             Ok(format!(
@@ -93,9 +107,10 @@ fn open_or_reset(d: &DataStep) -> Result<String> {
 /// Unlocks through the TPM (tpm2), but only a volume this machine
 /// provisioned (exact token policy, then the TPM binding); a volume opened
 /// by hand with the recovery key (emergency shell) is used as it is.
-fn open(d: &DataStep) -> Result<()> {
+/// Returns the PCR 15 event still to be measured (see `measure`).
+fn open(d: &DataStep) -> Result<Option<[u8; 32]>> {
     if d.encryption == Encryption::None || sys::mapper_active(&d.name) {
-        return Ok(());
+        return Ok(None);
     }
     let t = std::time::Instant::now();
     let mut ctx = sys::tpm::context(Path::new("/")).map_err(anyhow::Error::msg)?;
@@ -110,24 +125,30 @@ fn open(d: &DataStep) -> Result<()> {
             provision::FOREIGN_ADVICE
         )
     })?;
-    activate(&mut ctx, d, &vol)?;
+    let event = activate(d, &vol)?;
     log::info!(
         "data: unlocked {} through the TPM (LUKS2 {}, bound to this machine) in {:.1} ms",
         d.dev.display(),
         vol.uuid,
         t.elapsed().as_secs_f64() * 1000.0
     );
-    Ok(())
+    Ok(Some(event))
 }
 
-/// Opens the volume by its key and measures it into PCR 15 (systemd's
-/// `tpm2-measure-pcr=yes` event): from here on, the binding index cannot
-/// be written, and nothing sealed to "no volume open yet" unseals.
-fn activate(ctx: &mut tss_esapi::Context, d: &DataStep, vol: &luks::Volume) -> Result<()> {
+/// Opens the volume by its key; returns its PCR 15 event (systemd's
+/// `tpm2-measure-pcr=yes` event) for `measure`.
+fn activate(d: &DataStep, vol: &luks::Volume) -> Result<[u8; 32]> {
     luks::open_with_key(&d.dev, &d.name, &vol.key)
         .with_context(|| format!("opening {} as /dev/mapper/{}", d.dev.display(), d.name))?;
-    let event = identity::pcr15_event(&d.name, &vol.uuid, &vol.key);
-    tpm_bind::measure(ctx, &event).context("measuring the opened volume into PCR 15")
+    Ok(identity::pcr15_event(&d.name, &vol.uuid, &vol.key))
+}
+
+/// Extends PCR 15 with an opened volume's event: from here on, the binding
+/// index cannot be written, and nothing sealed to "no volume open yet"
+/// unseals.
+fn measure(event: &[u8; 32]) -> Result<()> {
+    let mut ctx = sys::tpm::context(Path::new("/")).map_err(anyhow::Error::msg)?;
+    tpm_bind::measure(&mut ctx, event).context("measuring the opened volume into PCR 15")
 }
 
 /// A boot without a reset request re-arms the flags: the next request,
@@ -252,7 +273,8 @@ fn encrypt(d: &DataStep) -> Result<String> {
          shutdown: store it safely, then delete the file. It is shown nowhere else.",
         e.luks_uuid
     );
-    activate(&mut ctx, d, &vol)?;
+    let event = activate(d, &vol)?;
+    tpm_bind::measure(&mut ctx, &event).context("measuring the new volume into PCR 15")?;
     Ok(e.luks_uuid)
 }
 
