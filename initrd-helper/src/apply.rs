@@ -7,7 +7,7 @@ use crate::machine_id;
 use crate::mountinfo;
 use crate::plan::{MachineIdSource, Plan, Step};
 use crate::sys;
-use crate::verity::{Signature, VerityOptions};
+use crate::verity::{Signature, VerityOptions, MAX_SIGNATURE};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::time::Instant;
@@ -24,13 +24,21 @@ enum Outcome {
     Did(String),
 }
 
-fn read_signature(sig: &Signature) -> Result<Vec<u8>> {
-    match sig {
-        Signature::Inline(b) => Ok(b.clone()),
-        Signature::Path(p) => {
-            std::fs::read(p).with_context(|| format!("reading the root hash signature {p}"))
-        }
-    }
+/// The signature's bytes, bounded and checked to be DER before the kernel
+/// sees them.
+pub(crate) fn read_signature(sig: &Signature) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let p = match sig {
+        Signature::Inline(b) => return Ok(b.clone()),
+        Signature::Path(p) => p,
+    };
+    let mut b = Vec::new();
+    std::fs::File::open(p)
+        .and_then(|f| f.take(MAX_SIGNATURE as u64 + 1).read_to_end(&mut b))
+        .with_context(|| format!("reading the root hash signature {p}"))?;
+    crate::verity::check_signature(&b)
+        .map_err(|e| anyhow::anyhow!("the root hash signature {p} {e}"))?;
+    Ok(b)
 }
 
 fn activate_verity(
@@ -194,4 +202,39 @@ pub fn apply(plan: &Plan) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A signature file that is missing, empty, PEM, too large or cut
+    /// short is named as such before the kernel is asked.
+    #[test]
+    fn bad_signature_files_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        let file = |name: &str, b: &[u8]| {
+            let p = d.path().join(name);
+            std::fs::write(&p, b).unwrap();
+            Signature::Path(p.display().to_string())
+        };
+        let mut der = vec![0x30, 0x82, 0x01, 0x00];
+        der.resize(4 + 256, 7);
+        let cases = [
+            (Signature::Path("/nonexistent/sig".into()), "No such file"),
+            (file("empty", b""), "is empty"),
+            (file("pem", b"-----BEGIN PKCS7-----\n"), "is PEM"),
+            (file("big", &vec![0x30; 100_000]), "over 65536 bytes"),
+            (file("cut", &der[..100]), "truncated"),
+            (file("text", b"hello"), "not a DER-encoded"),
+        ];
+        for (sig, needle) in cases {
+            let e = crate::inputs::error_line(&read_signature(&sig).unwrap_err());
+            assert!(
+                e.contains(needle) && !e.contains('\n'),
+                "{e:?} lacks {needle:?}"
+            );
+        }
+        assert_eq!(read_signature(&file("good", &der)).unwrap(), der);
+    }
 }

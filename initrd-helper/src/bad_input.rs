@@ -9,6 +9,7 @@ use crate::dps;
 use crate::gpt::tests::{edit_header, image};
 use crate::guid::Guid;
 use crate::inputs;
+use crate::verity_sb::tests::superblock;
 use std::path::Path;
 
 const HASH: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a0123456789abcdef0123456789abcdef";
@@ -37,8 +38,12 @@ fn good_disk() -> Vec<u8> {
         SECTORS,
     );
     put(&mut img, 4096 * 512 + 1080, &[0x53, 0xEF]);
+    put(&mut img, HASH_AT, &superblock(256));
     img
 }
+
+/// Where the hash partition (and its verity superblock) starts.
+const HASH_AT: usize = 6144 * 512;
 
 fn put(img: &mut [u8], at: usize, b: &[u8]) {
     img[at..at + b.len()].copy_from_slice(b);
@@ -142,6 +147,27 @@ fn cmdline_cases() -> Vec<Case> {
             "",
             ok,
             "base64",
+        ),
+        case(
+            "verity signature not DER",
+            &with("systemd.verity_root_options=root-hash-signature=base64:aGVsbG8="),
+            "",
+            ok,
+            "not a DER-encoded PKCS#7",
+        ),
+        case(
+            "verity signature truncated",
+            &with("systemd.verity_root_options=root-hash-signature=base64:MIIBAAcH"),
+            "",
+            ok,
+            "truncated",
+        ),
+        case(
+            "verity signature empty",
+            &with("systemd.verity_root_options=root-hash-signature=base64:"),
+            "",
+            ok,
+            "is empty",
         ),
         case(
             "verity data device form",
@@ -306,6 +332,64 @@ fn gpt_cases() -> Vec<Case> {
     ]
 }
 
+fn verity_cases() -> Vec<Case> {
+    let c = |name, disk, needle| case(name, &rh(), "", disk, needle);
+    vec![
+        c(
+            "hash partition without a superblock",
+            |d| put(d, HASH_AT, &[0; 512]),
+            "no dm-verity superblock",
+        ),
+        c(
+            "verity superblock version 2",
+            |d| put(d, HASH_AT + 8, &2u32.to_le_bytes()),
+            "superblock version 2",
+        ),
+        c(
+            "verity block size 3000",
+            |d| put(d, HASH_AT + 64, &3000u32.to_le_bytes()),
+            "block sizes",
+        ),
+        c(
+            "verity salt too long",
+            |d| put(d, HASH_AT + 80, &1000u16.to_le_bytes()),
+            "salt",
+        ),
+        c(
+            "verity tree larger than the data slot",
+            |d| put(d, HASH_AT + 72, &(1u64 << 40).to_le_bytes()),
+            "more than the data partition",
+        ),
+        c(
+            "verity tree larger than the hash partition",
+            |d| {
+                put(d, HASH_AT + 68, &512u32.to_le_bytes());
+                put(d, HASH_AT + 64, &512u32.to_le_bytes());
+                put(d, HASH_AT + 72, &2048u64.to_le_bytes());
+                // 2048 sectors of data need 128 + 8 + 1 hash blocks: shrink
+                // the hash slot to 100 sectors.
+                let (du, hu) = crate::plan::derived_uuids(HASH).unwrap();
+                let sb = d[HASH_AT..HASH_AT + 512].to_vec();
+                with_parts(
+                    d,
+                    &[
+                        (dps::ROOT_X86_64, du, 4096, 6143, "appliance_1"),
+                        (dps::ROOT_VERITY_X86_64, hu, 6144, 6243, "appliance_1"),
+                    ],
+                );
+                put(d, 4096 * 512 + 1080, &[0x53, 0xEF]);
+                put(d, HASH_AT, &sb);
+            },
+            "hash partition has 51200",
+        ),
+        c(
+            "verity algorithm not text",
+            |d| put(d, HASH_AT + 32, &[0xff; 8]),
+            "algorithm name",
+        ),
+    ]
+}
+
 fn plan_cases() -> Vec<Case> {
     vec![
         case(
@@ -384,6 +468,7 @@ fn plan_cases() -> Vec<Case> {
                     ],
                 );
                 put(d, 4096 * 512 + 1080, &[0x53, 0xEF]);
+                put(d, HASH_AT, &superblock(256));
             },
             "several data partitions",
         ),
@@ -417,7 +502,7 @@ fn plan_cases() -> Vec<Case> {
             &format!("{} systemd.verity=0", rh()),
             "",
             ok,
-            "unverified root",
+            "systemd.verity=0 turns roothash= off",
         ),
     ]
 }
@@ -505,10 +590,16 @@ fn every_bad_input_ends_in_one_clear_line_and_writes_nothing() {
     // The good disk plans: every failure below is the case's own.
     let good = case("good", &rh(), "", ok, "");
     assert_eq!(run(&good, dir.path()).0, Ok("planned".into()));
-    let cases: Vec<Case> = [cmdline_cases(), config_cases(), gpt_cases(), plan_cases()]
-        .into_iter()
-        .flatten()
-        .collect();
+    let cases: Vec<Case> = [
+        cmdline_cases(),
+        config_cases(),
+        gpt_cases(),
+        verity_cases(),
+        plan_cases(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let mut n = 0;
     for c in &cases {
         let (line, unchanged) = run(c, dir.path());
@@ -550,5 +641,41 @@ fn a_gpt_for_the_other_sector_size_is_named() {
         e.to_string()
             .contains("written for 512-byte sectors but this disk has 4096-byte"),
         "{e}"
+    );
+}
+
+/// Every case, by name and the words its line must contain, for README's
+/// table (checked by `readme_lists_every_case`).
+pub(crate) fn table() -> Vec<(&'static str, &'static str, &'static str)> {
+    let mut rows = Vec::new();
+    for (kind, cases) in [
+        ("command line", cmdline_cases()),
+        ("config", config_cases()),
+        ("GPT", gpt_cases()),
+        ("verity superblock", verity_cases()),
+        ("layout", plan_cases()),
+    ] {
+        rows.extend(cases.into_iter().map(|c| (kind, c.name, c.needle)));
+    }
+    rows.extend(token_cases().into_iter().map(|(n, _, s)| ("token", n, s)));
+    rows.extend(crate::bad_luks::table());
+    rows
+}
+
+/// README's failure-mode table lists each case of the matrix; a missing
+/// row fails with the rows to paste.
+#[test]
+fn readme_lists_every_case() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let missing: Vec<String> = table()
+        .into_iter()
+        .filter(|(kind, name, _)| !readme.contains(&format!("| {kind} | {name} |")))
+        .map(|(kind, name, needle)| format!("| {kind} | {name} | `{needle}` |"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README.md lacks these bad-input rows:\n{}",
+        missing.join("\n")
     );
 }

@@ -113,8 +113,10 @@ fn open(d: &DataStep) -> Result<Option<[u8; 32]>> {
         return Ok(None);
     }
     let t = std::time::Instant::now();
+    // The header first: a foreign volume is refused even without a TPM.
+    let token = provision::our_token(&d.dev, &d.pcrs)?;
     let mut ctx = sys::tpm::context(Path::new("/")).map_err(anyhow::Error::msg)?;
-    let pass = provision::unseal_passphrase(&mut ctx, &d.dev, &d.pcrs)?;
+    let pass = provision::unseal_passphrase(&mut ctx, &d.dev, token)?;
     let vol = luks::volume_key(&d.dev, pass.as_bytes())?;
     let digest = identity::binding_digest(&vol.uuid, &vol.key);
     tpm_bind::check(&mut ctx, &d.pcrs, &digest).map_err(|e| {

@@ -68,6 +68,9 @@ pub struct PartitionFacts {
     /// Device node (`/dev/vda2`), or the image file for `plan --disk`.
     pub dev: PathBuf,
     pub fs: Option<FsKind>,
+    /// The dm-verity superblock at its start (`None`: no verity magic).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verity: Option<Result<crate::verity_sb::Superblock, String>>,
     /// libblkid's finding, for data partitions only (`None`: not probed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signature: Option<Result<crate::sys::blkid::Signature, String>>,

@@ -7,7 +7,7 @@
 
 use crate::facts::{probe_fs, DiskFacts, Facts, PartitionFacts, TpmFacts};
 use crate::sys::blkid::Signature;
-use crate::{b64, cmdline, config, gpt, gpt_grow, mountinfo, plan, token, verity};
+use crate::{b64, cmdline, config, gpt, gpt_grow, mountinfo, plan, token, verity, verity_sb};
 use std::io::Cursor;
 use std::path::PathBuf;
 
@@ -136,8 +136,12 @@ pub fn token_target(data: &[u8]) {
     }
 }
 
+/// Verity options as text, and the same bytes as a hash partition's start.
 pub fn verity_target(data: &[u8]) {
     let _ = verity::parse_options(text(data));
+    if let Some(Ok(sb)) = verity_sb::probe(data) {
+        let _ = sb.mismatch(1 << 30, 1 << 20, 32);
+    }
 }
 
 /// Decoding never panics, and encoding what was decoded gives it back.
@@ -184,14 +188,17 @@ fn disk_facts(img: &[u8]) -> DiskFacts {
         Ok(t) => t
             .partitions
             .iter()
-            .map(|p| PartitionFacts {
-                gpt: p.clone(),
-                dev: PathBuf::from(format!("/dev/vda{}", p.number)),
-                fs: usize::try_from(p.offset(t.sector_size))
+            .map(|p| {
+                let at = usize::try_from(p.offset(t.sector_size))
                     .ok()
-                    .and_then(|o| img.get(o..))
-                    .and_then(probe_fs),
-                signature: Some(Ok(Signature::None)),
+                    .and_then(|o| img.get(o..));
+                PartitionFacts {
+                    gpt: p.clone(),
+                    dev: PathBuf::from(format!("/dev/vda{}", p.number)),
+                    fs: at.and_then(probe_fs),
+                    verity: at.and_then(verity_sb::probe),
+                    signature: Some(Ok(Signature::None)),
+                }
             })
             .collect(),
         Err(_) => Vec::new(),

@@ -6,6 +6,8 @@ pub mod apply;
 pub mod b64;
 #[cfg(test)]
 mod bad_input;
+#[cfg(test)]
+mod bad_luks;
 pub mod cmdline;
 pub mod config;
 pub mod data;
@@ -19,6 +21,7 @@ pub mod hex;
 pub mod identity;
 pub mod inputs;
 pub mod log;
+pub mod luks_hdr;
 pub mod machine_id;
 pub mod mountinfo;
 pub mod plan;
@@ -27,3 +30,4 @@ pub mod reset;
 pub mod sys;
 pub mod token;
 pub mod verity;
+pub mod verity_sb;

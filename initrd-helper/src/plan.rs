@@ -34,8 +34,8 @@ pub enum PlanError {
         "disk {0} has no bootable root partition (all root slots are empty, partial or pending)"
     )]
     NoBootableRoot(String),
-    #[error("no roothash= on the kernel command line and root.unverified = \"refuse\": refusing to mount an unverified root (set root.unverified = \"mount-read-only\" for development images)")]
-    UnverifiedRefused,
+    #[error("{} and root.unverified = \"refuse\": refusing to mount an unverified root (set root.unverified = \"mount-read-only\" for development images)", if *.0 { "systemd.verity=0 turns roothash= off" } else { "no roothash= on the kernel command line" })]
+    UnverifiedRefused(bool),
     #[error("roothash={0} is not 32 to 64 bytes of hex")]
     BadRootHash(String),
     #[error("the boot disk {disk} has no {what}")]
@@ -46,6 +46,12 @@ pub enum PlanError {
         what: String,
         found: Guid,
         expected: &'static str,
+    },
+    #[error("hash partition {dev} cannot verify {data}: {why}")]
+    BadVerity {
+        dev: String,
+        data: String,
+        why: String,
     },
     #[error(
         "root partition {dev} ({label:?}) holds no supported file system (ext4, erofs, squashfs)"
@@ -623,6 +629,35 @@ fn check_type(p: &PartitionFacts, what: &str, expected: Guid) -> Result<(), Plan
 
 type DiskSteps<'f> = (&'f DiskFacts, Vec<Step>);
 
+/// The hash partition's verity superblock is well formed and fits the
+/// pair and the root hash (libcryptsetup and the kernel would only say
+/// "invalid argument").
+fn check_superblock(
+    disk: &DiskFacts,
+    data: &PartitionFacts,
+    hash: &PartitionFacts,
+    roothash: &str,
+) -> Result<(), PlanError> {
+    let ss = disk.table.as_ref().map(|t| t.sector_size).unwrap_or(512);
+    let why = match &hash.verity {
+        None => Some(
+            "it holds no dm-verity superblock (not made by veritysetup format or \
+             systemd-repart Verity=hash, or overwritten)"
+                .to_string(),
+        ),
+        Some(Err(e)) => Some(e.clone()),
+        Some(Ok(sb)) => sb.mismatch(data.gpt.size(ss), hash.gpt.size(ss), roothash.len() / 2),
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(PlanError::BadVerity {
+            dev: hash.dev.display().to_string(),
+            data: data.dev.display().to_string(),
+            why,
+        }),
+    }
+}
+
 /// With `roothash=`: the data and hash partitions it names, on one disk.
 fn plan_verity<'f>(
     facts: &'f Facts,
@@ -653,6 +688,7 @@ fn plan_verity<'f>(
     if cmd.verity_hash.is_none() {
         check_type(hash, "verity hash", dps::ROOT_VERITY_X86_64)?;
     }
+    check_superblock(disk, data, hash, roothash)?;
     let name = "root".to_string();
     let mut mount = mount_root_step(data, "")?;
     if let Step::MountRoot { source, .. } = &mut mount {
@@ -673,9 +709,10 @@ fn plan_unverified<'f>(
     facts: &'f Facts,
     cfg: &Config,
     wanted: Option<Guid>,
+    verity_off: bool,
 ) -> Result<DiskSteps<'f>, PlanError> {
     if cfg.root.unverified == Unverified::Refuse {
-        return Err(PlanError::UnverifiedRefused);
+        return Err(PlanError::UnverifiedRefused(verity_off));
     }
     let what = format!(
         "a GPT root partition ({})",
@@ -702,7 +739,7 @@ pub fn plan(facts: &Facts, cmd: &Cmdline, cfg: &Config) -> Result<Plan, PlanErro
     }
     let (disk, mut steps) = match roothash {
         Some(h) => plan_verity(facts, cmd, wanted, h)?,
-        None => plan_unverified(facts, cfg, wanted)?,
+        None => plan_unverified(facts, cfg, wanted, cmd.roothash.is_some())?,
     };
     let table = disk.table.as_ref().map_err(|e| PlanError::BadTable {
         disk: disk.name.clone(),
@@ -752,6 +789,9 @@ pub(crate) mod tests {
                 label: label.into(),
             },
             dev: PathBuf::from(format!("/dev/vda{n}")),
+            verity: (fs.is_none() && dps::type_name(&t).ends_with("-verity"))
+                .then(|| crate::verity_sb::probe(&crate::verity_sb::tests::superblock(256)))
+                .flatten(),
             fs,
             signature: Some(Ok(Signature::None)),
         }
@@ -851,7 +891,7 @@ pub(crate) mod tests {
             &Cmdline::default(),
             &no_data(),
         );
-        assert_eq!(e.unwrap_err(), PlanError::UnverifiedRefused);
+        assert_eq!(e.unwrap_err(), PlanError::UnverifiedRefused(false));
     }
 
     #[test]
@@ -1205,7 +1245,7 @@ pub(crate) mod tests {
             ..with_hash(HASH_A)
         };
         let e = plan(&facts(vec![verity_disk("vda", 1)]), &cmd, &no_data()).unwrap_err();
-        assert_eq!(e, PlanError::UnverifiedRefused);
+        assert_eq!(e, PlanError::UnverifiedRefused(true));
         let p = plan(&facts(vec![verity_disk("vda", 1)]), &cmd, &dev_cfg()).unwrap();
         assert!(p.warnings.iter().any(|w| w.contains("systemd.verity=0")));
     }

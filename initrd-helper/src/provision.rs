@@ -112,17 +112,18 @@ pub fn seal_and_format(
     Ok((e, passphrase))
 }
 
-/// Unseals the secret of `dev`'s systemd-tpm2 token (its keyslot
-/// passphrase), after checking that the token's policy is exactly the one
-/// the helper creates for `pcrs`: a token sealed to anything else was not
-/// made by this machine's first boot, and is never unsealed.
-pub fn unseal_passphrase(
-    ctx: &mut tss_esapi::Context,
-    dev: &Path,
-    pcrs: &[u8],
-) -> Result<Zeroizing<String>> {
-    let json = luks::tpm2_token(dev)?
-        .with_context(|| format!("{} has no systemd-tpm2 token", dev.display()))?;
+/// `dev`'s systemd-tpm2 token, once its policy is checked to be exactly
+/// the one the helper creates for `pcrs`: a token sealed to anything else
+/// was not made by this machine's first boot, and is never unsealed. Reads
+/// the header only (no TPM needed).
+pub fn our_token(dev: &Path, pcrs: &[u8]) -> Result<token::ParsedToken> {
+    let json = luks::tpm2_token(dev)?.with_context(|| {
+        format!(
+            "{} holds a LUKS2 volume with no systemd-tpm2 token: this machine did not \
+             provision it. {FOREIGN_ADVICE}",
+            dev.display()
+        )
+    })?;
     let t = token::parse_token(&json)
         .map_err(|e| anyhow::anyhow!("the systemd-tpm2 token of {}: {e}", dev.display()))?;
     if let Some(why) = token::policy_mismatch(&t, pcrs) {
@@ -131,6 +132,16 @@ pub fn unseal_passphrase(
             dev.display()
         );
     }
+    Ok(t)
+}
+
+/// Unseals the secret of `dev`'s token `t` (from [`our_token`]): its
+/// keyslot passphrase.
+pub fn unseal_passphrase(
+    ctx: &mut tss_esapi::Context,
+    dev: &Path,
+    t: token::ParsedToken,
+) -> Result<Zeroizing<String>> {
     let srk = tpm_seal::srk(ctx).context(SRK_REFUSED)?;
     let name = tpm_seal::srk_name(ctx, srk).context("reading the storage root key's name")?;
     if let Some(why) = token::srk_mismatch(&t, &name) {

@@ -69,10 +69,46 @@ fn set_corruption(o: &mut VerityOptions, c: OnCorruption) -> Result<(), String> 
     Ok(())
 }
 
+/// PKCS#7 root hash signatures are a few KiB; a larger file is not one.
+pub const MAX_SIGNATURE: usize = 64 * 1024;
+
+/// The kernel takes a DER-encoded PKCS#7 message: one ASN.1 SEQUENCE whose
+/// length is the whole input. Checked here so a PEM file, an empty file or
+/// a truncated copy is named as such (the kernel only says EINVAL/EBADMSG).
+pub fn check_signature(b: &[u8]) -> Result<(), String> {
+    if b.is_empty() {
+        return Err("is empty".into());
+    }
+    if b.len() > MAX_SIGNATURE {
+        return Err(format!("is over {MAX_SIGNATURE} bytes: not a signature"));
+    }
+    if b.starts_with(b"-----BEGIN") {
+        return Err("is PEM; the kernel wants DER (openssl pkcs7 -outform DER)".into());
+    }
+    let len = match b {
+        [0x30, n, ..] if *n < 0x80 => Some(2 + usize::from(*n)),
+        [0x30, 0x81, n, ..] => Some(3 + usize::from(*n)),
+        [0x30, 0x82, h, l, ..] => Some(4 + (usize::from(*h) << 8 | usize::from(*l))),
+        [0x30, 0x83, a, h, l, ..] => {
+            Some(5 + (usize::from(*a) << 16 | usize::from(*h) << 8 | usize::from(*l)))
+        }
+        _ => None,
+    };
+    match len {
+        None => Err("is not a DER-encoded PKCS#7 signature".into()),
+        Some(n) if n != b.len() => Err(format!(
+            "is {} bytes but its DER header says {n} (truncated or padded)",
+            b.len()
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 fn parse_signature(v: &str) -> Result<Signature, String> {
     if let Some(b) = v.strip_prefix("base64:") {
         let sig =
             crate::b64::decode(b).map_err(|_| "root-hash-signature=base64: is not valid base64")?;
+        check_signature(&sig).map_err(|e| format!("root-hash-signature=base64: {e}"))?;
         return Ok(Signature::Inline(sig));
     }
     if v.starts_with('/') {
@@ -125,8 +161,8 @@ mod tests {
         assert_eq!(o.on_corruption, OnCorruption::Panic);
         assert!(o.check_at_most_once && !o.ignore_zero_blocks);
         assert_eq!(o.signature, Some(Signature::Path("/run/sig.p7s".into())));
-        let o = parse_options("root-hash-signature=base64:Zm9v").unwrap();
-        assert_eq!(o.signature, Some(Signature::Inline(b"foo".to_vec())));
+        let o = parse_options("root-hash-signature=base64:MAMBAgM=").unwrap();
+        assert_eq!(o.signature, Some(Signature::Inline(vec![0x30, 3, 1, 2, 3])));
         assert_eq!(parse_options("").unwrap(), VerityOptions::default());
     }
 

@@ -5,6 +5,7 @@ use crate::facts::{probe_fs, DiskFacts, FsKind, PartitionFacts, PROBE_LEN};
 use crate::gpt;
 use crate::guid::Guid;
 use crate::sys::blkid::{self, Signature};
+use crate::verity_sb::{self, Superblock};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -122,11 +123,18 @@ pub fn disk_from_image(path: &Path, probe_type: Option<Guid>) -> DiskFacts {
     )
 }
 
-fn probe_at(f: &mut File, offset: u64) -> Option<FsKind> {
+/// The file system magic and the verity superblock at `offset`.
+type Probed = (Option<FsKind>, Option<Result<Superblock, String>>);
+
+fn probe_at(f: &mut File, offset: u64) -> Probed {
     let mut buf = vec![0u8; PROBE_LEN];
-    f.seek(SeekFrom::Start(offset)).ok()?;
-    f.read_exact(&mut buf).ok()?;
-    probe_fs(&buf)
+    let read = f
+        .seek(SeekFrom::Start(offset))
+        .and_then(|_| f.read_exact(&mut buf));
+    match read {
+        Ok(()) => (probe_fs(&buf), verity_sb::probe(&buf)),
+        Err(_) => (None, None),
+    }
 }
 
 /// libblkid on a partition: its node (`offset`, `len` 0) or its byte range
@@ -178,13 +186,14 @@ fn read_disk(
                 let Some((pdev, off, len)) = node(p.number) else {
                     continue;
                 };
-                let fs = probe_at(&mut f, p.offset(t.sector_size));
+                let (fs, verity) = probe_at(&mut f, p.offset(t.sector_size));
                 let signature =
                     (Some(p.type_guid) == probe_type).then(|| blkid_at(&pdev, &dev, off, len));
                 facts.partitions.push(PartitionFacts {
                     gpt: p.clone(),
                     dev: pdev,
                     fs,
+                    verity,
                     signature,
                 });
             }

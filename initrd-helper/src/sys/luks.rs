@@ -1,7 +1,8 @@
 //! LUKS via libcryptsetup (statically linked): LUKS2 formatting with a TPM
 //! keyslot, a recovery keyslot and systemd's token; reading the token,
 //! opening, closing, and the cryptographic erase of a factory reset.
-//! libcryptsetup-rs serialises calls internally (it is not thread-safe).
+//! libcryptsetup-rs serialises calls (its `mutex` feature: libcryptsetup is not
+//! thread-safe, and without the feature a call from a second thread panics).
 
 use libcryptsetup_rs::consts::flags::{CryptActivate, CryptDeactivate, CryptPbkdf, CryptVolumeKey};
 use libcryptsetup_rs::consts::vals::{CryptKdf, EncryptionFormat};
@@ -13,6 +14,8 @@ use zeroize::Zeroizing;
 pub enum LuksError {
     #[error("libcryptsetup on {dev}: {source}")]
     Lib { dev: String, source: LibcryptErr },
+    #[error("libcryptsetup cannot load the LUKS2 header of {dev} ({why}); nothing was written")]
+    Header { dev: String, why: String },
     #[error("the LUKS2 header of {0} claims an implausible volume key size")]
     KeySize(String),
 }
@@ -24,13 +27,30 @@ fn wrapper(dev: &Path) -> impl Fn(LibcryptErr) -> LuksError + '_ {
     }
 }
 
+/// Loads the header, read-only (libcryptsetup repairs nothing on load);
+/// a refusal is explained by `luks_hdr::diagnose`.
 fn load(dev: &Path) -> Result<libcryptsetup_rs::CryptDevice, LuksError> {
     let wrap = wrapper(dev);
     let mut cd = CryptInit::init(dev).map_err(&wrap)?;
     cd.context_handle()
         .load::<()>(Some(EncryptionFormat::Luks2), None)
-        .map_err(&wrap)?;
+        .map_err(|e| LuksError::Header {
+            dev: dev.display().to_string(),
+            why: diagnosis(dev).unwrap_or_else(|| e.to_string()),
+        })?;
     Ok(cd)
+}
+
+/// Our reading of the header copies on `dev`, or `None` when it cannot be
+/// opened.
+fn diagnosis(dev: &Path) -> Option<String> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(dev).ok()?;
+    let read = |offset: u64, len: usize| {
+        let mut b = vec![0u8; len];
+        f.read_exact_at(&mut b, offset).ok().map(|()| b)
+    };
+    Some(crate::luks_hdr::diagnose(&read))
 }
 
 /// The UUID of the LUKS2 header on `dev`, or an error when there is none.
