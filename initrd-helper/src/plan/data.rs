@@ -1,0 +1,268 @@
+//! The data partition's policy: provision only what is proven blank, ours
+//! unfinished, or asked to be reset; open what is ours; refuse the rest.
+
+use super::{DataAction, DataStep, PlanError, Step, DATA_NAME, IN_PROGRESS_BIT};
+use crate::cmdline::Cmdline;
+use crate::config::{Config, Encryption};
+use crate::dps;
+use crate::facts::{DiskFacts, Facts, PartitionFacts, TpmFacts};
+use crate::sys::blkid::Signature;
+
+/// The data partition of the boot disk, if it has one.
+fn data_partition<'d>(
+    disk: &'d DiskFacts,
+    cfg: &Config,
+) -> Result<Option<&'d PartitionFacts>, PlanError> {
+    let t = cfg.data.partition_type;
+    let found: Vec<&PartitionFacts> = disk
+        .partitions
+        .iter()
+        .filter(|p| p.gpt.type_guid == t)
+        .collect();
+    match found.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one)),
+        many => Err(PlanError::AmbiguousData {
+            disk: disk.name.clone(),
+            kind: dps::type_name(&t),
+            parts: many.iter().map(|p| p.dev.display().to_string()).collect(),
+        }),
+    }
+}
+
+fn expected_signature(e: Encryption) -> &'static str {
+    match e {
+        Encryption::Tpm2 => "crypto_LUKS",
+        Encryption::None => "ext4",
+    }
+}
+
+/// Blank, ours-unfinished, ours-finished, or someone else's.
+fn data_action(p: &PartitionFacts, cfg: &Config, reset: bool) -> Result<DataAction, PlanError> {
+    let dev = p.dev.display().to_string();
+    if p.gpt.attributes & IN_PROGRESS_BIT != 0 {
+        return Ok(DataAction::Provision(
+            "an interrupted first boot left its in-progress mark".into(),
+        ));
+    }
+    let expected = expected_signature(cfg.data.encryption);
+    match &p.signature {
+        None => Err(PlanError::DataUnprobed {
+            dev,
+            error: "not probed".into(),
+        }),
+        Some(Err(error)) => Err(PlanError::DataUnprobed {
+            dev,
+            error: error.clone(),
+        }),
+        Some(Ok(Signature::None)) => Ok(DataAction::Provision(
+            "blank: libblkid finds no signature".into(),
+        )),
+        Some(Ok(Signature::Found(t))) if t == expected => Ok(DataAction::Open),
+        Some(Ok(_)) if reset => Ok(DataAction::Provision("factory reset requested".into())),
+        Some(Ok(Signature::Found(t))) => Err(PlanError::DataNotOurs {
+            dev,
+            found: t.clone(),
+            expected,
+        }),
+        Some(Ok(Signature::Ambiguous)) => Err(PlanError::DataNotOurs {
+            dev,
+            found: "several contradicting signatures".into(),
+            expected,
+        }),
+    }
+}
+
+fn tpm_text(t: &TpmFacts) -> String {
+    match t {
+        TpmFacts::Absent => "no TPM device found".into(),
+        TpmFacts::Unusable { error } => error.clone(),
+        TpmFacts::Present { manufacturer } => format!("present ({manufacturer})"),
+    }
+}
+
+/// The data step for the boot disk, or `None` (with a warning) without one.
+pub(super) fn data_step(
+    facts: &Facts,
+    disk: &DiskFacts,
+    cmd: &Cmdline,
+    cfg: &Config,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Step>, PlanError> {
+    if !cfg.data.enabled {
+        return Ok(None);
+    }
+    let Some(p) = data_partition(disk, cfg)? else {
+        warnings.push(format!(
+            "the boot disk {} has no data partition (type {}): {} stays as the image has it",
+            disk.name, cfg.data.partition_type, cfg.data.mount_point
+        ));
+        return Ok(None);
+    };
+    let reset = cmd.factory_reset_request();
+    let action = data_action(p, cfg, reset.is_some())?;
+    let dev = p.dev.display().to_string();
+    let tpm_ok = matches!(facts.tpm, TpmFacts::Present { .. });
+    // Opened by hand with the recovery key: only the mount is left to do.
+    let opened = action == DataAction::Open && reset.is_none() && facts.data_open;
+    if cfg.data.encryption == Encryption::Tpm2 && !tpm_ok && !opened {
+        let tpm = tpm_text(&facts.tpm);
+        return Err(match action {
+            DataAction::Open if reset.is_none() => PlanError::NoTpmToUnlock {
+                dev,
+                name: DATA_NAME.into(),
+                tpm,
+            },
+            _ => PlanError::NoTpmToProvision { dev, tpm },
+        });
+    }
+    let is_last = !disk
+        .partitions
+        .iter()
+        .any(|o| o.gpt.first_lba > p.gpt.first_lba);
+    if cfg.data.grow && !is_last {
+        warnings.push(format!("{dev} is not the last partition: it is not grown"));
+    }
+    let root = cfg.root.mount_point.trim_end_matches('/');
+    Ok(Some(Step::Data(DataStep {
+        disk: disk.dev.clone(),
+        number: p.gpt.number,
+        dev: p.dev.clone(),
+        encryption: cfg.data.encryption,
+        pcrs: cfg.data.pcrs.clone(),
+        grow: cfg.data.grow && is_last,
+        name: DATA_NAME.into(),
+        target: format!("{root}{}", cfg.data.mount_point.trim_end_matches('/')),
+        action,
+        reset,
+        mkfs_options: cfg.data.mkfs_options.clone(),
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::testutil::*;
+    use crate::plan::*;
+
+    fn data_facts(sig: Result<Signature, String>, attrs: u64, tpm: bool) -> Facts {
+        let mut d = standard_disk("vda", 1);
+        d.partitions[5].signature = Some(sig);
+        d.partitions[5].gpt.attributes = attrs;
+        let mut f = facts(vec![d]);
+        if tpm {
+            f.tpm = TpmFacts::Present {
+                manufacturer: "IBM".into(),
+            };
+        }
+        f
+    }
+
+    fn data_plan(f: &Facts, cmd: &Cmdline) -> Result<Step, PlanError> {
+        let mut cfg = dev_cfg();
+        cfg.data.enabled = true;
+        let p = plan(f, cmd, &cfg)?;
+        Ok(p.steps.into_iter().find(|s| s.name() == "data").unwrap())
+    }
+
+    fn action(s: &Step) -> (&DataAction, Option<&str>) {
+        match s {
+            Step::Data(d) => (&d.action, d.reset.as_deref()),
+            s => panic!("{s:?}"),
+        }
+    }
+
+    #[test]
+    fn blank_or_marked_data_is_provisioned_and_ours_is_opened() {
+        let cmd = Cmdline::default();
+        let blank = data_plan(&data_facts(Ok(Signature::None), 0, true), &cmd).unwrap();
+        assert!(matches!(action(&blank).0, DataAction::Provision(w) if w.contains("blank")));
+        match &blank {
+            Step::Data(d) => assert!(d.grow && d.target == "/sysroot/var"),
+            _ => unreachable!(),
+        }
+        let luks = Ok(Signature::Found("crypto_LUKS".into()));
+        let open = data_plan(&data_facts(luks.clone(), 0, true), &cmd).unwrap();
+        assert_eq!(action(&open).0, &DataAction::Open);
+        let marked = data_plan(&data_facts(luks, IN_PROGRESS_BIT, true), &cmd).unwrap();
+        assert!(matches!(action(&marked).0, DataAction::Provision(w) if w.contains("interrupted")));
+    }
+
+    #[test]
+    fn foreign_or_unprobed_data_is_never_formatted() {
+        let cmd = Cmdline::default();
+        for sig in [
+            Ok(Signature::Found("ext4".into())),
+            Ok(Signature::Found("xfs".into())),
+            Ok(Signature::Ambiguous),
+            Err("I/O error".into()),
+        ] {
+            let e = data_plan(&data_facts(sig.clone(), 0, true), &cmd).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    PlanError::DataNotOurs { .. } | PlanError::DataUnprobed { .. }
+                ),
+                "{sig:?}: {e}"
+            );
+        }
+        // A reset request may erase anything on the data partition but an unreadable one.
+        let reset = crate::cmdline::parse("systemd.factory_reset=1").unwrap();
+        let xfs = Ok(Signature::Found("xfs".into()));
+        let s = data_plan(&data_facts(xfs, 0, true), &reset).unwrap();
+        assert!(
+            matches!(action(&s), (DataAction::Provision(_), Some(id)) if id == "systemd.factory_reset")
+        );
+        let luks = Ok(Signature::Found("crypto_LUKS".into()));
+        let s = data_plan(&data_facts(luks, 0, true), &reset).unwrap();
+        assert_eq!(
+            action(&s).0,
+            &DataAction::Open,
+            "the reset guard is checked after opening"
+        );
+    }
+
+    #[test]
+    fn without_a_tpm_nothing_is_formatted_or_guessed() {
+        let cmd = Cmdline::default();
+        let e = data_plan(&data_facts(Ok(Signature::None), 0, false), &cmd).unwrap_err();
+        assert!(matches!(e, PlanError::NoTpmToProvision { .. }), "{e}");
+        assert!(e.may_resolve_by_waiting());
+        let luks = Ok(Signature::Found("crypto_LUKS".into()));
+        let mut f = data_facts(luks, 0, false);
+        let e = data_plan(&f, &cmd).unwrap_err();
+        assert!(e.to_string().contains("recovery key"), "{e}");
+        // ... which, opened by hand from the emergency shell, is mounted.
+        f.data_open = true;
+        assert_eq!(action(&data_plan(&f, &cmd).unwrap()).0, &DataAction::Open);
+        // encryption = "none" needs no TPM.
+        let mut cfg = dev_cfg();
+        cfg.data.enabled = true;
+        cfg.data.encryption = Encryption::None;
+        let p = plan(&data_facts(Ok(Signature::None), 0, false), &cmd, &cfg).unwrap();
+        assert!(p.steps.iter().any(|s| s.name() == "data"));
+    }
+
+    #[test]
+    fn machine_id_is_kept_on_the_data_partition() {
+        let mut cfg = dev_cfg();
+        cfg.data.enabled = true;
+        let p = plan(
+            &data_facts(Ok(Signature::None), 0, true),
+            &Cmdline::default(),
+            &cfg,
+        )
+        .unwrap();
+        let names: Vec<_> = p.steps.iter().map(Step::name).collect();
+        assert_eq!(names, ["mount-root", "data", "etc-overlay", "machine-id"]);
+        assert_eq!(
+            p.steps[3],
+            Step::MachineId {
+                path: "/sysroot/etc/machine-id".into(),
+                source: MachineIdSource::Persisted(
+                    "/sysroot/var/lib/initrd-helper/machine-id".into()
+                ),
+            }
+        );
+    }
+}

@@ -1,0 +1,157 @@
+//! The pure planner: typed facts + command line + config -> a list of steps.
+//!
+//! Nothing here touches the machine, so every safety rule (which disk,
+//! which slot, what to refuse) is unit-tested with plain values.
+//!
+//! Its rooms: `disk` (which disk), `verity` and `slot` (which root), `data`
+//! (the data partition's policy), `etc` (/etc and the machine ID), `step`
+//! (what is planned), `error` (why not).
+
+mod data;
+mod disk;
+mod error;
+mod etc;
+mod slot;
+mod step;
+#[cfg(test)]
+pub(crate) mod testutil;
+mod verity;
+
+pub use disk::select_disk;
+pub use error::PlanError;
+pub use etc::MACHINE_ID_FILE;
+pub use slot::select_unverified_slot;
+pub use step::{DataAction, DataStep, MachineIdSource, Step, DATA_NAME, IN_PROGRESS_BIT};
+pub use verity::derived_uuids;
+
+use data::data_step;
+use etc::etc_steps;
+use slot::plan_unverified;
+use verity::plan_verity;
+
+use crate::cmdline::Cmdline;
+use crate::config::Config;
+use crate::facts::Facts;
+use crate::guid::Guid;
+use serde::Serialize;
+
+/// What the planner decided: the one disk it may touch, the steps in
+/// order (each complete: apply adds nothing), and what it warns about.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub boot_disk: String,
+    pub boot_disk_guid: Guid,
+    pub steps: Vec<Step>,
+    pub warnings: Vec<String>,
+}
+
+/// Turns facts, command line and config into the boot plan.
+pub fn plan(facts: &Facts, cmd: &Cmdline, cfg: &Config) -> Result<Plan, PlanError> {
+    let wanted = cmd.disk.or(cfg.devices.disk);
+    let mut warnings = cmd.warnings.clone();
+    let roothash = cmd.roothash.as_deref().filter(|_| cmd.verity);
+    if cmd.roothash.is_some() && roothash.is_none() {
+        warnings.push("systemd.verity=0: ignoring roothash=".into());
+    }
+    let (disk, mut steps) = match roothash {
+        Some(h) => plan_verity(facts, cmd, wanted, h, &cfg.root.mount_point)?,
+        None => plan_unverified(facts, cfg, wanted, cmd.roothash.is_some())?,
+    };
+    let table = disk.table.as_ref().map_err(|e| PlanError::BadTable {
+        disk: disk.name.clone(),
+        error: e.clone(),
+    })?;
+    if table.used_backup {
+        warnings.push(format!(
+            "{}: primary GPT header is damaged; using the backup",
+            disk.name
+        ));
+    }
+    let data = data_step(facts, disk, cmd, cfg, &mut warnings)?;
+    let data_target = match &data {
+        Some(Step::Data(d)) => Some(d.target.clone()),
+        _ => None,
+    };
+    steps.extend(data);
+    steps.extend(etc_steps(cmd, cfg, data_target.as_deref()));
+    Ok(Plan {
+        boot_disk: disk.name.clone(),
+        boot_disk_guid: table.disk_guid,
+        steps,
+        warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::testutil::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn plans_the_skeleton_boot() {
+        let p = plan(
+            &facts(vec![standard_disk("vda", 1)]),
+            &Cmdline::default(),
+            &dev_cfg(),
+        )
+        .unwrap();
+        assert_eq!(p.boot_disk, "vda");
+        let names: Vec<_> = p.steps.iter().map(Step::name).collect();
+        assert_eq!(names, ["mount-root", "etc-overlay", "machine-id"]);
+        match &p.steps[0] {
+            Step::MountRoot {
+                source,
+                fstype,
+                target,
+                ..
+            } => {
+                assert_eq!(source, &PathBuf::from("/dev/vda2"));
+                assert_eq!((fstype.as_str(), target.as_str()), ("ext4", "/sysroot"));
+            }
+            s => panic!("unexpected {s:?}"),
+        }
+        assert!(p.steps[1]
+            .describe()
+            .contains("/run/initrd-helper/etc/upper"));
+    }
+
+    #[test]
+    fn every_step_is_built_for_the_configured_root() {
+        let mut cfg = dev_cfg();
+        cfg.root.mount_point = "/newroot".into();
+        let p = plan(
+            &facts(vec![standard_disk("vda", 1)]),
+            &Cmdline::default(),
+            &cfg,
+        )
+        .unwrap();
+        let text: Vec<String> = p.steps.iter().map(Step::describe).collect();
+        assert!(text[0].ends_with("read-only at /newroot"), "{text:?}");
+        assert!(text[1].starts_with("overlay /newroot/etc"), "{text:?}");
+        assert!(text[2].ends_with("to /newroot/etc/machine-id"), "{text:?}");
+    }
+
+    #[test]
+    fn backup_header_use_is_warned() {
+        let mut d = standard_disk("vda", 1);
+        if let Ok(t) = d.table.as_mut() {
+            t.used_backup = true;
+        }
+        let p = plan(&facts(vec![d]), &Cmdline::default(), &dev_cfg()).unwrap();
+        assert!(p.warnings[0].contains("backup"));
+    }
+
+    #[test]
+    fn plan_serialises_to_json() {
+        let p = plan(
+            &facts(vec![standard_disk("vda", 1)]),
+            &Cmdline::default(),
+            &dev_cfg(),
+        )
+        .unwrap();
+        let j = serde_json::to_value(&p).unwrap();
+        assert_eq!(j["steps"][0]["step"], "mount-root");
+        assert_eq!(j["steps"][2]["source"]["kind"], "random");
+    }
+}

@@ -1,0 +1,190 @@
+//! The steps a plan is made of, each complete when planned (apply only
+//! carries them out), and the line `plan` prints for each.
+
+use crate::config::Encryption;
+use crate::guid::Guid;
+use crate::verity::VerityOptions;
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// Where the machine ID written this boot comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "id", rename_all = "kebab-case")]
+pub enum MachineIdSource {
+    /// Fresh random ID (no persistence yet: new on every boot).
+    Random,
+    /// `systemd.machine_id=` on the command line.
+    KernelCommandLine(String),
+    /// Kept in this file on the data partition: read it, or make a random
+    /// one and store it there (first boot, and after a factory reset).
+    Persisted(String),
+}
+
+/// Everything the data step needs (carried out by `data::run`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DataStep {
+    /// The whole boot disk (GPT edits, BLKPG).
+    pub disk: PathBuf,
+    pub number: u32,
+    pub dev: PathBuf,
+    pub encryption: Encryption,
+    pub pcrs: Vec<u8>,
+    /// Grow to the disk's end when provisioning (last partition only).
+    pub grow: bool,
+    /// /dev/mapper name (tpm2).
+    pub name: String,
+    /// Mount point inside the root (e.g. /sysroot/var).
+    pub target: String,
+    pub action: DataAction,
+    /// A factory reset request's ID (see README "Factory reset").
+    pub reset: Option<String>,
+    pub mkfs_options: Vec<String>,
+}
+
+/// What the data step does with the partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", content = "why", rename_all = "kebab-case")]
+pub enum DataAction {
+    /// Format from scratch: proven blank, our in-progress mark, or a reset.
+    Provision(String),
+    /// Unlock (tpm2) and mount what is there; never formats.
+    Open,
+}
+
+/// GPT attribute bit the helper sets on the data partition while it
+/// provisions it (DPS leaves bits 48-58 unassigned for `var`): a partition
+/// carrying it holds nothing but our own unfinished first boot.
+pub const IN_PROGRESS_BIT: u64 = 1 << 55;
+
+/// Name of the data volume under /dev/mapper.
+pub const DATA_NAME: &str = "data";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "step", rename_all = "kebab-case")]
+pub enum Step {
+    /// Open the root slot through dm-verity as /dev/mapper/NAME.
+    ActivateVerity {
+        name: String,
+        data: PathBuf,
+        hash: PathBuf,
+        roothash: String,
+        label: String,
+        options: VerityOptions,
+    },
+    /// Mount the selected root slot read-only.
+    MountRoot {
+        source: PathBuf,
+        fstype: String,
+        label: String,
+        partuuid: Guid,
+        target: String,
+    },
+    /// Overlay on the root's /etc: lower = image, upper/work on tmpfs under /run.
+    EtcOverlay {
+        target: String,
+        /// A dedicated tmpfs holding `upper` and `work` (overlayfs needs both on one fs).
+        state_dir: String,
+        upper: String,
+        work: String,
+    },
+    /// The data partition: grow + format on first boot, unlock and mount on
+    /// every boot, cryptographic erase on a factory reset.
+    Data(DataStep),
+    /// Write /etc/machine-id into the (writable) /etc.
+    MachineId {
+        path: String,
+        source: MachineIdSource,
+    },
+}
+
+impl Step {
+    /// Short name for the per-step log line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Step::ActivateVerity { .. } => "verity",
+            Step::MountRoot { .. } => "mount-root",
+            Step::Data(_) => "data",
+            Step::EtcOverlay { .. } => "etc-overlay",
+            Step::MachineId { .. } => "machine-id",
+        }
+    }
+
+    /// One line saying what the step will do.
+    pub fn describe(&self) -> String {
+        match self {
+            Step::ActivateVerity {
+                name,
+                data,
+                hash,
+                roothash,
+                label,
+                options,
+            } => format!(
+                "open dm-verity /dev/mapper/{name} over {} (data, slot {label:?}) and {} (hash), \
+                 root hash {}…, on corruption: {}{}",
+                data.display(),
+                hash.display(),
+                roothash.get(..12).unwrap_or(roothash),
+                options.on_corruption.name(),
+                if options.signature.is_some() {
+                    ", root hash signature checked by the kernel"
+                } else {
+                    ""
+                },
+            ),
+            Step::MountRoot {
+                source,
+                fstype,
+                label,
+                target,
+                ..
+            } => {
+                format!(
+                    "mount {} ({fstype}, slot {label:?}) read-only at {target}",
+                    source.display()
+                )
+            }
+            Step::EtcOverlay { target, upper, .. } => {
+                format!("overlay {target} (lower: image, upper: tmpfs {upper})")
+            }
+            Step::Data(DataStep {
+                dev,
+                encryption,
+                target,
+                action,
+                reset,
+                pcrs,
+                grow,
+                ..
+            }) => {
+                let how = match encryption {
+                    Encryption::Tpm2 => format!("LUKS2 sealed to TPM2 PCRs {pcrs:?}"),
+                    Encryption::None => "unencrypted ext4".into(),
+                };
+                let what = match action {
+                    DataAction::Provision(why) => format!(
+                        "provision {} ({why}): {}{how}, ext4, mount at {target}",
+                        dev.display(),
+                        if *grow { "grow to the disk end, " } else { "" }
+                    ),
+                    DataAction::Open => {
+                        format!("open {} ({how}), mount at {target}", dev.display())
+                    }
+                };
+                match reset {
+                    Some(id) => format!("{what}; {} (request {id:?})", crate::reset::RULE),
+                    None => what,
+                }
+            }
+            Step::MachineId { path, source } => match source {
+                MachineIdSource::Random => format!("write a random machine-id to {path}"),
+                MachineIdSource::Persisted(file) => {
+                    format!("write the machine-id kept in {file} (made once) to {path}")
+                }
+                MachineIdSource::KernelCommandLine(id) => {
+                    format!("write machine-id {id} (systemd.machine_id=) to {path}")
+                }
+            },
+        }
+    }
+}
