@@ -134,7 +134,7 @@ fn write_machine_id(path: &str, source: &MachineIdSource) -> Result<Outcome> {
     let recorded = std::fs::read_to_string(MACHINE_ID_RECORD).ok();
     let current = std::fs::read_to_string(path).ok();
     let id = match source {
-        MachineIdSource::KernelCommandLine(id) => id.clone(),
+        MachineIdSource::KernelCommandLine(id) | MachineIdSource::Firmware(id) => id.clone(),
         MachineIdSource::Persisted(file) => persisted_machine_id(file)?,
         MachineIdSource::Random => match (&recorded, &current) {
             (Some(r), Some(c)) if r == c && machine_id::is_valid(r.trim()) => {

@@ -55,8 +55,9 @@ pub struct Cmdline {
     pub verity_hash: Option<DeviceSpec>,
     /// `systemd.verity_root_options=`.
     pub verity_options: VerityOptions,
-    /// `systemd.machine_id=`: a fixed machine ID (32 hex) for this boot.
-    pub machine_id: Option<String>,
+    /// `systemd.machine_id=`: a fixed machine ID (32 hex) for this boot,
+    /// or `firmware` (the SMBIOS product UUID), as systemd reads it.
+    pub machine_id: Option<MachineIdArg>,
     /// `systemd.factory_reset=`: explicit request to wipe the data partition.
     pub factory_reset: bool,
     /// `initrd_helper.factory_reset=ID`: a reset request with its own ID
@@ -153,6 +154,14 @@ fn parse_roothash(key: &str, v: Option<&str>) -> Result<String, CmdlineError> {
     Ok(v.to_ascii_lowercase())
 }
 
+/// `systemd.machine_id=`'s two forms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MachineIdArg {
+    Fixed(String),
+    Firmware,
+}
+
 fn is_machine_id(v: &str) -> bool {
     v.len() == 32 && v.chars().all(|c| c.is_ascii_hexdigit()) && v.chars().any(|c| c != '0')
 }
@@ -202,9 +211,12 @@ impl Cmdline {
                     verity::parse_options(v.unwrap_or("")).map_err(|why| refuse(key, v, &why))?;
             }
             "systemd.machine_id" => match v {
-                Some(id) if is_machine_id(id) => self.machine_id = Some(id.to_ascii_lowercase()),
+                Some(id) if is_machine_id(id) => {
+                    self.machine_id = Some(MachineIdArg::Fixed(id.to_ascii_lowercase()))
+                }
+                Some("firmware") => self.machine_id = Some(MachineIdArg::Firmware),
                 // systemd itself ignores an invalid ID; so do we, loudly.
-                _ => self.warn(key, v, "expected 32 hex digits"),
+                _ => self.warn(key, v, "expected 32 hex digits or \"firmware\""),
             },
             "systemd.factory_reset" => {
                 // A reset destroys data: an unreadable value must not guess.
@@ -305,9 +317,13 @@ mod tests {
             .unwrap();
         assert!(c.debug);
         assert_eq!(
-            c.machine_id.as_deref(),
-            Some("0123456789abcdef0123456789abcdef")
+            c.machine_id,
+            Some(MachineIdArg::Fixed(
+                "0123456789abcdef0123456789abcdef".into()
+            ))
         );
+        let c = parse("systemd.machine_id=firmware").unwrap();
+        assert_eq!(c.machine_id, Some(MachineIdArg::Firmware));
     }
 
     #[test]

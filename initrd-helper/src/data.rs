@@ -65,6 +65,9 @@ fn open_or_reset(d: &DataStep) -> Result<String> {
     if let (true, Some(event)) = (keeps, pending) {
         measure(&event)?;
     }
+    if keeps && opened.is_ok() {
+        grow_fs(d);
+    }
     match decision {
         ResetDecision::KeepAndRearm => {
             forget_reset(d);
@@ -109,7 +112,17 @@ fn open_or_reset(d: &DataStep) -> Result<String> {
 /// by hand with the recovery key (emergency shell) is used as it is.
 /// Returns the PCR 15 event still to be measured (see `measure`).
 fn open(d: &DataStep) -> Result<Option<[u8; 32]>> {
-    if d.encryption == Encryption::None || sys::mapper_active(&d.name) {
+    if d.encryption == Encryption::None {
+        grow_partition(d)?;
+        return Ok(None);
+    }
+    if sys::mapper_active(&d.name) {
+        if d.grow {
+            log::info!(
+                "data: {} was opened before the helper ran: not grown",
+                d.name
+            );
+        }
         return Ok(None);
     }
     let t = std::time::Instant::now();
@@ -127,6 +140,9 @@ fn open(d: &DataStep) -> Result<Option<[u8; 32]>> {
             provision::FOREIGN_ADVICE
         )
     })?;
+    // Ours: now it may be grown (before activation, so the mapping takes
+    // the new size).
+    grow_partition(d)?;
     let event = activate(d, &vol)?;
     log::info!(
         "data: unlocked {} through the TPM (LUKS2 {}, bound to this machine) in {:.1} ms",
@@ -195,6 +211,61 @@ fn sysname(dev: &Path) -> String {
     dev.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// A disk that grew since provisioning (a VM disk enlarged, the image
+/// moved to a bigger drive): the partition grows to the new end, crash-safe
+/// like the first grow (`gpt_grow`), and never marked in progress (it holds
+/// data). Nothing to do on a disk of the same size.
+fn grow_partition(d: &DataStep) -> Result<()> {
+    if !d.grow {
+        return Ok(());
+    }
+    let t = std::time::Instant::now();
+    let edited = disk_write::edit_entry(&d.disk, d.number, true, None, 0, 0)
+        .with_context(|| format!("growing {} to the disk's new end", d.dev.display()))?;
+    if let Some(len) = edited.and_then(|e| e.grew_to) {
+        log::info!(
+            "data: the disk grew: grew {} to {} MiB in {:.1} ms",
+            d.dev.display(),
+            len >> 20,
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+    }
+    Ok(())
+}
+
+/// Grows the mounted file system to fill its device when the device is
+/// bigger (after `grow_partition`, or a cut between the two on an earlier
+/// boot). A failure leaves the data as it was: a warning, not a failed boot.
+fn grow_fs(d: &DataStep) {
+    if !d.grow {
+        return;
+    }
+    let dev = d.fs_dev();
+    let t = std::time::Instant::now();
+    let r = sys::fs_grow::ext4_target(&dev).and_then(|target| match target {
+        Some((g, blocks)) => sys::fs_grow::ext4_grow(Path::new(&d.target), blocks).map(|()| {
+            let bytes = |n: u64| n.saturating_mul(g.block_size);
+            Some((bytes(g.blocks), bytes(blocks)))
+        }),
+        None => Ok(None),
+    });
+    match r {
+        Ok(Some((from, to))) => log::info!(
+            "data: grew the file system on {} from {} to {} MiB in {:.1} ms",
+            dev.display(),
+            from >> 20,
+            to >> 20,
+            t.elapsed().as_secs_f64() * 1000.0
+        ),
+        Ok(None) => {}
+        Err(e) => log::warn!(
+            "data: the file system on {} could not be grown ({e}); it keeps its size, the \
+             next boot tries again",
+            dev.display()
+        ),
+    }
 }
 
 /// Marks the partition in progress (grown, fresh UUID), then formats.

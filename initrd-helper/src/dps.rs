@@ -30,6 +30,11 @@ pub const ESP: Guid = g(&[
     0xc1, 0x2a, 0x73, 0x28, 0xf8, 0x1f, 0x11, 0xd2, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b,
 ]);
 
+/// DPS partition attribute: the partition is mounted read-only (bit 60).
+/// systemd's gpt-auto generator and remount-fs remount a root slot
+/// without it read-write, which a verity root cannot be.
+pub const READ_ONLY: u64 = 1 << 60;
+
 /// Human name of a type GUID, for plans and logs.
 pub fn type_name(t: &Guid) -> &'static str {
     match *t {

@@ -114,6 +114,9 @@ pub struct Facts {
     /// The ESP the firmware booted from, as systemd-boot/systemd-stub
     /// report it (the `LoaderDevicePartUUID` EFI variable).
     pub loader_partuuid: Option<crate::guid::Guid>,
+    /// The firmware's SMBIOS system UUID (`/sys/class/dmi/id/product_uuid`,
+    /// QEMU's `-uuid`), raw: the planner decides whether it is usable.
+    pub product_uuid: Option<String>,
 }
 
 /// systemd's loader variables' vendor GUID (efivarfs file name suffix).

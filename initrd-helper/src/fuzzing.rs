@@ -171,6 +171,7 @@ pub fn planner_target(data: &[u8]) {
         },
         data_open: false,
         loader_partuuid: None,
+        product_uuid: text(line).get(..36).map(str::to_string),
     };
     let mut cfg = config::Config::default();
     for unverified in [

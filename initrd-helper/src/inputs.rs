@@ -47,10 +47,11 @@ pub fn plan_with_wait(
     let mut said = false;
     let probe_type = i.cfg.data.enabled.then_some(i.cfg.data.partition_type);
     let mut tpm = facts::TpmFacts::Absent;
-    let loader_partuuid = if images.is_empty() {
-        sys::loader_partuuid(&i.root)
+    // A disk image says nothing about the firmware of the machine it is for.
+    let (loader_partuuid, product_uuid) = if images.is_empty() {
+        (sys::loader_partuuid(&i.root), sys::product_uuid(&i.root))
     } else {
-        None
+        (None, None)
     };
     loop {
         let disks = sys::disks(&i.root, images, probe_type);
@@ -71,6 +72,7 @@ pub fn plan_with_wait(
             tpm: tpm.clone(),
             data_open: images.is_empty() && sys::mapper_active(plan::DATA_NAME),
             loader_partuuid,
+            product_uuid: product_uuid.clone(),
         };
         match plan::plan(&facts, &i.cmd, &i.cfg) {
             Ok(p) => return Ok((p, facts)),

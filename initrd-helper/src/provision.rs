@@ -22,8 +22,14 @@ pub struct Encrypted {
     pub tpm_keyslot: u32,
     pub recovery_keyslot: u32,
     pub pcrs: Vec<u8>,
-    /// Handed out once, here, and never logged.
-    pub recovery_key: String,
+    /// Handed out once, here, and never logged; wiped when dropped.
+    #[serde(serialize_with = "expose")]
+    pub recovery_key: Zeroizing<String>,
+}
+
+/// The recovery key's one way out: `encrypt`'s JSON on stdout.
+fn expose<S: serde::Serializer>(key: &Zeroizing<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(key)
 }
 
 /// True when the first MiB is all zero (no signature of any kind).
@@ -85,7 +91,7 @@ pub fn seal_and_format(
     let secret = Zeroizing::new(random32()?);
     let sealed = tpm_seal::seal(ctx, srk, pcrs, &*secret).context("sealing the volume secret")?;
     let blob = token::blob(&sealed.private, &sealed.public);
-    let recovery_key = token::recovery_key(&random32()?);
+    let recovery_key = Zeroizing::new(token::recovery_key(&Zeroizing::new(random32()?)));
     let passphrase = Zeroizing::new(token::tpm_passphrase(&*secret));
     let e = luks::format_luks2(
         dev,

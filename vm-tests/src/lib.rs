@@ -118,6 +118,9 @@ pub struct BootOpts<'a> {
     /// guest's flushes; the power-cut matrix uses "writeback", which
     /// honours them.
     pub cache: &'a str,
+    /// The SMBIOS system UUID the firmware reports (QEMU `-uuid`; without
+    /// it QEMU reports all zeros).
+    pub smbios_uuid: Option<&'a str>,
 }
 
 impl<'a> BootOpts<'a> {
@@ -138,6 +141,7 @@ impl<'a> BootOpts<'a> {
             kill_at_marker: false,
             kill_delay: Duration::ZERO,
             cache: "unsafe",
+            smbios_uuid: None,
         }
     }
 }
@@ -268,6 +272,7 @@ fn qemu_command(a: &Artifacts, o: &BootOpts, console: &Path) -> Command {
     .args(["-drive", &drive])
     .args(["-serial", &serial(o, console)])
     .args(["-device", "virtio-rng-pci"])
+    .args(o.smbios_uuid.iter().flat_map(|u| ["-uuid", u]))
     .stderr(Stdio::piped());
     if !o.interactive {
         c.stdin(Stdio::null()).stdout(Stdio::null());

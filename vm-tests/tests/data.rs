@@ -199,6 +199,94 @@ fn vm_first_boot_provision() {
     );
 }
 
+/// Boot `b2` opened the volume boot `b1` provisioned, as it was: the file
+/// `probe` written then, the same machine-id, fs and LUKS UUIDs, an unlock
+/// through the TPM, no provisioning and no new recovery key.
+fn check_kept(b1: &Boot, b2: &Boot, probe: &str) {
+    let (r1, r2) = (b1.report(), b2.report());
+    b2.check(r2["data_probe"] == probe, "the file written before is gone");
+    for (key, what) in [
+        ("machine_id", "the machine-id changed"),
+        ("data_fs_uuid", "the file system was re-made"),
+        ("luks_uuid", "the LUKS volume was re-made"),
+    ] {
+        b2.check(r2[key] == r1[key], what);
+    }
+    b2.check(
+        helper_lines(b2, "through the TPM") == 1,
+        "no 'unlocked ... through the TPM' line",
+    );
+    b2.check(
+        helper_lines(b2, "provisioning") == 0,
+        "the volume was provisioned again",
+    );
+    b2.check(
+        r2["recovery_key_file"].is_empty(),
+        "a recovery key was handed out again",
+    );
+}
+
+/// Parses a report value that must be a number.
+fn number(b: &Boot, key: &str) -> u64 {
+    let v = b.value(key);
+    v.parse()
+        .unwrap_or_else(|_| panic!("{key} is not a number: {v:?}\n{}", b.console))
+}
+
+#[test]
+#[ignore = "VM test: run through `make test`"]
+fn vm_data_grows_later() {
+    // Provisioned on 4 GiB; the disk is then enlarged to 8 GiB (a VM disk
+    // grown, an image moved to a bigger drive): the next boot grows the
+    // partition, the LUKS2 mapping and the file system, keeping the data.
+    let m = Machine::new("data_grows_later", true);
+    let b1 = m.boot_ok("first", "ih_test.write=before-the-grow");
+    check_provisioned(&m, &b1);
+    let (part1, fs1) = (number(&b1, "data_part_size"), number(&b1, "data_fs_bytes"));
+    enlarge(&m.disk, 2 * DISK_BYTES);
+    let b2 = m.boot_ok("grown", "");
+    let (part2, fs2) = (number(&b2, "data_part_size"), number(&b2, "data_fs_bytes"));
+    eprintln!("data_grows_later: partition {part1} -> {part2} bytes, file system {fs1} -> {fs2}");
+    check_kept(&b1, &b2, "before-the-grow");
+    // The partition takes the whole new 4 GiB (less the backup GPT); the
+    // file system its usable size, less its new inode tables (~1.6 %).
+    b2.check(
+        part2 >= part1 + DISK_BYTES - (2 << 20),
+        "the partition did not grow by 4 GiB",
+    );
+    b2.check(
+        fs2 >= fs1 + DISK_BYTES / 10 * 9,
+        "the file system does not see the new size",
+    );
+    b2.check(
+        helper_lines(&b2, "the disk grew: grew") == 1,
+        "no 'the disk grew' line",
+    );
+    b2.check(
+        helper_lines(&b2, "grew the file system") == 1,
+        "no 'grew the file system' line",
+    );
+    let (last, _, _) = m.data_entry();
+    let disk_last = 2 * DISK_BYTES / 512 - 1;
+    b2.check(
+        last + 2048 + 33 >= disk_last && last < disk_last - 33,
+        &format!("data partition ends at LBA {last}, disk at {disk_last}"),
+    );
+    check_table_finished(&m, &b2);
+    // Idempotent: the next boot has nothing to grow, and the grown file
+    // system mounts as it was.
+    let b3 = m.boot_ok("after", "");
+    check_kept(&b1, &b3, "before-the-grow");
+    b3.check(
+        number(&b3, "data_fs_bytes") == fs2,
+        "the file system size changed",
+    );
+    b3.check(
+        helper_lines(&b3, "grew") == 0,
+        "a boot on an unchanged disk grew something",
+    );
+}
+
 #[test]
 #[ignore = "VM test: run through `make test`"]
 fn vm_second_boot_unlock() {
@@ -206,35 +294,7 @@ fn vm_second_boot_unlock() {
     let b1 = m.boot_ok("first", "ih_test.write=kept");
     check_provisioned(&m, &b1);
     let b2 = m.boot_ok("second", "");
-    let (r1, r2) = (b1.report(), b2.report());
-    b2.check(
-        r2["data_probe"] == "kept",
-        "the file written on the first boot is gone",
-    );
-    b2.check(
-        r2["machine_id"] == r1["machine_id"],
-        "the machine-id changed",
-    );
-    b2.check(
-        r2["data_fs_uuid"] == r1["data_fs_uuid"],
-        "the file system was re-made",
-    );
-    b2.check(
-        r2["luks_uuid"] == r1["luks_uuid"],
-        "the LUKS volume was re-made",
-    );
-    b2.check(
-        helper_lines(&b2, "through the TPM") == 1,
-        "no 'unlocked ... through the TPM' line",
-    );
-    b2.check(
-        helper_lines(&b2, "provisioning") == 0,
-        "the second boot provisioned again",
-    );
-    b2.check(
-        r2["recovery_key_file"].is_empty(),
-        "a recovery key was handed out again",
-    );
+    check_kept(&b1, &b2, "kept");
     // The opened volume is measured into PCR 15 (systemd's volume-key
     // event): non-zero, and the same on every boot of the same volume.
     let pcr15 = b1.value("pcr15");

@@ -3,7 +3,8 @@
 //! Ignored by plain `cargo test`; `make test` runs them with `--ignored`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use vm_tests::{boot, is_machine_id, Artifacts, BootOpts, Scratch, TestDisk, EMERGENCY};
+use std::process::Command;
+use vm_tests::{boot, is_machine_id, sha256, Artifacts, BootOpts, Scratch, TestDisk, EMERGENCY};
 
 /// Boots the image twice with writes enabled: / is read-only, /etc is an
 /// overlay whose writes vanish at reboot, machine-id is valid and stable,
@@ -88,6 +89,73 @@ fn vm_boot_readonly_root() {
     b2.check(
         disk.slots_unchanged(),
         "a root slot or the ESP changed although the root is read-only",
+    );
+}
+
+/// An image without a data partition (the tmpfs-root kind): the machine-id
+/// comes from the firmware's SMBIOS UUID, the same on every boot of one
+/// machine, another on another machine, with nothing stored on the disk.
+#[test]
+#[ignore = "VM test: run through `make test`"]
+fn vm_firmware_machine_id() {
+    let a = Artifacts::from_env();
+    let s = Scratch::new("firmware_machine_id");
+    let disk = TestDisk::new(&s, &a);
+    let out = Command::new("sfdisk")
+        .args(["-q", "--delete"])
+        .arg(&disk.path)
+        .arg("6")
+        .output()
+        .expect("sfdisk");
+    assert!(out.status.success(), "sfdisk --delete: {out:?}");
+    let digest = sha256(&disk.path);
+    let (uuid_a, uuid_b) = (
+        "5ea1ed00-0000-4000-8000-00000000000a",
+        "5ea1ed00-0000-4000-8000-00000000000b",
+    );
+    let boot_with = |name, uuid| {
+        let b = boot(
+            &a,
+            &BootOpts {
+                smbios_uuid: Some(uuid),
+                snapshot: false,
+                ..BootOpts::new(name, &disk.path, &s.0)
+            },
+        );
+        b.check(b.reached, "the guest report never appeared");
+        b.check(
+            b.value("helper_unit_failed") == "0",
+            "initrd-helper.service failed",
+        );
+        b
+    };
+    let b1 = boot_with("first", uuid_a);
+    let id_a = b1.value("machine_id");
+    b1.check(
+        id_a == uuid_a.replace('-', ""),
+        &format!("machine-id {id_a:?} is not the SMBIOS UUID {uuid_a}"),
+    );
+    b1.check(
+        b1.value("pid1_machine_id_msgs") == "0",
+        "systemd (stage 2) logged about the machine-id",
+    );
+    b1.check(
+        !b1.lines_with("SMBIOS product UUID) to").is_empty(),
+        "the plan line does not name the firmware as the source",
+    );
+    let b2 = boot_with("again", uuid_a);
+    b2.check(
+        b2.value("machine_id") == id_a,
+        "the machine-id changed on the same machine",
+    );
+    let b3 = boot_with("other", uuid_b);
+    b3.check(
+        b3.value("machine_id") == uuid_b.replace('-', ""),
+        "another machine did not get its own machine-id",
+    );
+    b3.check(
+        sha256(&disk.path) == digest,
+        "the disk changed (nothing is stored)",
     );
 }
 

@@ -81,6 +81,18 @@ fn tpm_text(t: &TpmFacts) -> String {
     }
 }
 
+/// Bytes of `disk` past its partition table's end (the backup header).
+fn disk_growth(disk: &DiskFacts) -> u64 {
+    match &disk.table {
+        Ok(t) => disk.size.saturating_sub(
+            t.alternate_lba
+                .saturating_add(1)
+                .saturating_mul(t.sector_size),
+        ),
+        Err(_) => 0,
+    }
+}
+
 /// The data step for the boot disk, or `None` (with a warning) without one.
 pub(super) fn data_step(
     facts: &Facts,
@@ -131,6 +143,7 @@ pub(super) fn data_step(
         encryption: cfg.data.encryption,
         pcrs: cfg.data.pcrs.clone(),
         grow: cfg.data.grow && is_last,
+        disk_growth: disk_growth(disk),
         name: DATA_NAME.into(),
         target: format!("{root}{}", cfg.data.mount_point.trim_end_matches('/')),
         action,
@@ -186,6 +199,28 @@ mod tests {
         assert_eq!(action(&open).0, &DataAction::Open);
         let marked = data_plan(&data_facts(luks, IN_PROGRESS_BIT, true), &cmd).unwrap();
         assert!(matches!(action(&marked).0, DataAction::Provision(w) if w.contains("interrupted")));
+    }
+
+    #[test]
+    fn an_opened_volume_grows_into_a_disk_that_grew() {
+        let luks = Ok(Signature::Found("crypto_LUKS".into()));
+        let mut f = data_facts(luks, 0, true);
+        // standard_disk's table ends at 1 GiB (backup at LBA 2^21 - 1).
+        let same = data_plan(&f, &Cmdline::default()).unwrap();
+        assert!(!same.describe().contains("grow"), "{}", same.describe());
+        f.disks[0].size = 3 << 30;
+        let grown = data_plan(&f, &Cmdline::default()).unwrap();
+        match &grown {
+            Step::Data(d) => assert_eq!(d.disk_growth, 2 << 30),
+            s => panic!("{s:?}"),
+        }
+        assert!(
+            grown
+                .describe()
+                .contains("grow it and its file system into the disk's new 2048 MiB"),
+            "{}",
+            grown.describe()
+        );
     }
 
     #[test]

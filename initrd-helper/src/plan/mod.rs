@@ -31,7 +31,8 @@ use verity::plan_verity;
 
 use crate::cmdline::Cmdline;
 use crate::config::Config;
-use crate::facts::Facts;
+use crate::dps;
+use crate::facts::{DiskFacts, Facts};
 use crate::guid::Guid;
 use serde::Serialize;
 
@@ -67,19 +68,45 @@ pub fn plan(facts: &Facts, cmd: &Cmdline, cfg: &Config) -> Result<Plan, PlanErro
             disk.name
         ));
     }
+    warnings.extend(writable_slots(disk));
     let data = data_step(facts, disk, cmd, cfg, &mut warnings)?;
     let data_target = match &data {
         Some(Step::Data(d)) => Some(d.target.clone()),
         _ => None,
     };
     steps.extend(data);
-    steps.extend(etc_steps(cmd, cfg, data_target.as_deref()));
+    steps.extend(etc_steps(
+        cmd,
+        cfg,
+        facts,
+        data_target.as_deref(),
+        &mut warnings,
+    ));
     Ok(Plan {
         boot_disk: disk.name.clone(),
         boot_disk_guid: table.disk_guid,
         steps,
         warnings,
     })
+}
+
+/// A warning for each root slot of the boot disk without the DPS read-only
+/// flag: stage-2 systemd would try to remount it read-write (and fail, on
+/// a verity root) once an update boots it.
+fn writable_slots(disk: &DiskFacts) -> Vec<String> {
+    disk.partitions
+        .iter()
+        .filter(|p| p.gpt.type_guid == dps::ROOT_X86_64 && p.gpt.attributes & dps::READ_ONLY == 0)
+        .map(|p| {
+            format!(
+                "root slot {} ({:?}) lacks the DPS read-only flag (GPT attribute 60): stage-2 \
+                 systemd remounts such a root read-write, which fails on dm-verity; set it when \
+                 building the image (systemd-repart ReadOnly=yes, sfdisk --part-attrs DISK N 60)",
+                p.dev.display(),
+                p.gpt.label
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -130,6 +157,23 @@ mod tests {
         assert!(text[0].ends_with("read-only at /newroot"), "{text:?}");
         assert!(text[1].starts_with("overlay /newroot/etc"), "{text:?}");
         assert!(text[2].ends_with("to /newroot/etc/machine-id"), "{text:?}");
+    }
+
+    #[test]
+    fn root_slots_without_the_read_only_flag_are_warned() {
+        let mut d = standard_disk("vda", 1);
+        for p in &mut d.partitions {
+            p.gpt.attributes |= dps::READ_ONLY;
+        }
+        d.partitions[3].gpt.attributes = 0;
+        let p = plan(&facts(vec![d]), &Cmdline::default(), &dev_cfg()).unwrap();
+        let w: Vec<_> = p
+            .warnings
+            .iter()
+            .filter(|w| w.contains("read-only flag"))
+            .collect();
+        assert_eq!(w.len(), 1, "{:?}", p.warnings);
+        assert!(w[0].contains("/dev/vda4 (\"_empty\")"), "{}", w[0]);
     }
 
     #[test]

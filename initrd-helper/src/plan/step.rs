@@ -11,8 +11,12 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", content = "id", rename_all = "kebab-case")]
 pub enum MachineIdSource {
-    /// Fresh random ID (no persistence yet: new on every boot).
+    /// Fresh random ID (nothing to derive it from: new on every boot).
     Random,
+    /// The firmware's SMBIOS product UUID (`systemd.machine_id=firmware`,
+    /// and the default without a data partition): the same on every boot
+    /// of one machine, with nothing stored.
+    Firmware(String),
     /// `systemd.machine_id=` on the command line.
     KernelCommandLine(String),
     /// Kept in this file on the data partition: read it, or make a random
@@ -31,6 +35,9 @@ pub struct DataStep {
     pub pcrs: Vec<u8>,
     /// Grow to the disk's end when provisioning (last partition only).
     pub grow: bool,
+    /// Bytes of disk past the partition table's end: the disk grew since
+    /// the table was written (a volume that is opened is grown into it).
+    pub disk_growth: u64,
     /// /dev/mapper name (tpm2).
     pub name: String,
     /// Mount point inside the root (e.g. /sysroot/var).
@@ -155,6 +162,7 @@ impl Step {
                 reset,
                 pcrs,
                 grow,
+                disk_growth,
                 ..
             }) => {
                 let how = match encryption {
@@ -167,6 +175,14 @@ impl Step {
                         dev.display(),
                         if *grow { "grow to the disk end, " } else { "" }
                     ),
+                    DataAction::Open if *grow && *disk_growth >= crate::ext4::MIN_GROWTH => {
+                        format!(
+                            "open {} ({how}), grow it and its file system into the disk's new {} \
+                         MiB, mount at {target}",
+                            dev.display(),
+                            disk_growth >> 20
+                        )
+                    }
                     DataAction::Open => {
                         format!("open {} ({how}), mount at {target}", dev.display())
                     }
@@ -183,6 +199,9 @@ impl Step {
                 }
                 MachineIdSource::KernelCommandLine(id) => {
                     format!("write machine-id {id} (systemd.machine_id=) to {path}")
+                }
+                MachineIdSource::Firmware(id) => {
+                    format!("write machine-id {id} (the firmware's SMBIOS product UUID) to {path}")
                 }
             },
         }

@@ -70,6 +70,7 @@ pub(crate) fn facts(disks: Vec<DiskFacts>) -> Facts {
         tpm: TpmFacts::Absent,
         data_open: false,
         loader_partuuid: None,
+        product_uuid: None,
     }
 }
 

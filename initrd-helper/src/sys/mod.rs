@@ -6,6 +6,7 @@ pub mod blkpg;
 pub mod block;
 pub mod cryptlog;
 pub mod disk_write;
+pub mod fs_grow;
 pub mod luks;
 pub mod mount;
 pub mod tpm;
@@ -37,6 +38,18 @@ pub fn disks(
             .map(|p| block::disk_from_image(p, probe_type))
             .collect()
     }
+}
+
+/// The SMBIOS product UUID under `root` (readable by root only), bounded.
+pub fn product_uuid(root: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut s = String::new();
+    std::fs::File::open(root.join("sys/class/dmi/id/product_uuid"))
+        .ok()?
+        .take(128)
+        .read_to_string(&mut s)
+        .ok()?;
+    Some(s.trim().to_string())
 }
 
 /// `LoaderDevicePartUUID` from efivarfs under `root`, when the boot loader
