@@ -89,7 +89,14 @@ pub fn seal_and_format(
     let srk = tpm_seal::srk(ctx).context(SRK_REFUSED)?;
     let srk_name = tpm_seal::srk_name(ctx, srk).context("reading the storage root key's name")?;
     let secret = Zeroizing::new(random32()?);
-    let sealed = tpm_seal::seal(ctx, srk, pcrs, &*secret).context("sealing the volume secret")?;
+    let sealed = tpm_seal::seal(ctx, srk, pcrs, &*secret).map_err(|e| {
+        let why = if is_lockout(&e) {
+            format!("sealing the new volume's key: {LOCKOUT}; nothing was written, and the next boot provisions again")
+        } else {
+            "sealing the volume secret".to_string()
+        };
+        anyhow::Error::new(e).context(why)
+    })?;
     let blob = token::blob(&sealed.private, &sealed.public);
     let recovery_key = Zeroizing::new(token::recovery_key(&Zeroizing::new(random32()?)));
     let passphrase = Zeroizing::new(token::tpm_passphrase(&*secret));
@@ -169,16 +176,21 @@ pub fn unseal_passphrase(
 
 /// A refused unseal, named by its cause: dictionary-attack lockout is not
 /// a policy change, and says when it ends and how to get in meanwhile.
-fn unseal_error(e: tss_esapi::Error, dev: &Path, pcrs: &[u8]) -> anyhow::Error {
+/// What dictionary-attack lockout is and when it ends (seal and unseal).
+const LOCKOUT: &str = "the TPM is in dictionary-attack lockout (too many failed authorisations \
+    or unclean power-offs): this is not a policy change; it ends after the TPM's lockout \
+    recovery time, or when its owner clears it (e.g. tpm2_dictionarylockout --clear-lockout)";
+
+fn is_lockout(e: &tss_esapi::Error) -> bool {
     use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
-    let lockout = matches!(&e, tss_esapi::Error::Tss2Error(rc) if rc.kind() == Some(Tss2ResponseCodeKind::Lockout));
-    let why = if lockout {
+    matches!(e, tss_esapi::Error::Tss2Error(rc) if rc.kind() == Some(Tss2ResponseCodeKind::Lockout))
+}
+
+fn unseal_error(e: tss_esapi::Error, dev: &Path, pcrs: &[u8]) -> anyhow::Error {
+    let why = if is_lockout(&e) {
         format!(
-            "the TPM is in dictionary-attack lockout (too many failed authorisations or unclean \
-             power-offs) and refuses to unseal the key of {}: this is not a policy change; it \
-             ends after the TPM's lockout recovery time (or when its owner clears it, e.g. \
-             tpm2_dictionarylockout --clear-lockout); nothing was changed; meanwhile unlock with \
-             the recovery key",
+            "unsealing the key of {}: {LOCKOUT}; nothing was changed; meanwhile unlock with the \
+             recovery key",
             dev.display()
         )
     } else {
