@@ -258,6 +258,9 @@ fn vm_data_grows_later() {
         fs2 >= fs1 + DISK_BYTES / 10 * 9,
         "the file system does not see the new size",
     );
+    for l in b2.lines_with("grew") {
+        eprintln!("data_grows_later: {l}");
+    }
     b2.check(
         helper_lines(&b2, "the disk grew: grew") == 1,
         "no 'the disk grew' line",
