@@ -7,7 +7,7 @@ BIN := target/x86_64-unknown-linux-gnu/release/initrd-helper
 VM_DIR = $(IH_CACHE)/vm/current
 VIRT_FW_VARS = $(wildcard $(IH_CACHE)/venv-*/bin/virt-fw-vars)
 
-.PHONY: all deps static build lint unit images check-static vm test demo bench fuzz clean
+.PHONY: all deps static build lint unit images check-static nixos-eval vm test demo bench fuzz clean
 
 all: build
 
@@ -33,6 +33,10 @@ images: build
 check-static: images
 	scripts/check-static.sh $(BIN) $(VM_DIR)/disk.img
 
+# The NixOS module, evaluated by Debian's nix with the pinned nixpkgs lib.
+nixos-eval: images
+	scripts/nixos-eval.sh $(CURDIR)/$(BIN) $(VM_DIR)
+
 vm: images
 	IH_VM_DIR=$(VM_DIR) IH_HELPER_BIN=$(CURDIR)/$(BIN) IH_VIRT_FW_VARS=$(VIRT_FW_VARS) $(CARGO) test --locked -p vm-tests --tests -- --ignored --test-threads=1
 
@@ -40,7 +44,7 @@ vm: images
 # Ends with one "N passed, N failed" line counted over every test run.
 test: deps
 	@start=$$(date +%s); log=$$(mktemp); \
-	status=0; $(MAKE) --no-print-directory lint unit check-static vm 2>&1 | tee "$$log" || status=$$?; \
+	status=0; $(MAKE) --no-print-directory lint unit check-static nixos-eval vm 2>&1 | tee "$$log" || status=$$?; \
 	passed=$$(grep -cE '^test .* \.\.\. .*ok$$' "$$log" || true); \
 	failed=$$(grep -cE '^test .* \.\.\. .*FAILED$$' "$$log" || true); \
 	[ "$$status" = 0 ] || failed=$$((failed > 0 ? failed : 1)); \

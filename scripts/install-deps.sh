@@ -21,6 +21,8 @@ PKGS=(
   dosfstools erofs-utils squashfs-tools ovmf python3-venv
   # the power-cut matrix resets the software TPM's dictionary-attack counter
   tpm2-tools
+  # the NixOS module is evaluated with Debian's nix (2.8)
+  nix-bin
 )
 # virt-fw-vars edits OVMF variable stores (the dbx update of the TPM
 # mismatch scenario); not packaged for bookworm, so from PyPI, pinned.
