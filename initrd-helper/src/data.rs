@@ -218,7 +218,10 @@ fn sysname(dev: &Path) -> String {
 /// like the first grow (`gpt_grow`), and never marked in progress (it holds
 /// data). Nothing to do on a disk of the same size.
 fn grow_partition(d: &DataStep) -> Result<()> {
-    if !d.grow {
+    // The planner read the table already: no room past it, nothing to read
+    // or write again (a cut mid-write leaves the primary's old end, so the
+    // next plan still sees the room).
+    if !d.grow || d.disk_growth == 0 {
         return Ok(());
     }
     let t = std::time::Instant::now();
