@@ -3,7 +3,9 @@
 #   kernel   Debian bookworm's kernel, extracted (vmlinuz + modules)
 #   rootfs   a bookworm guest root from mmdebstrap, with the test probe unit
 #   disk     a GPT disk image in the design's layout (see README "Disk layout")
+#   usr disk the hermetic-/usr image (tmpfs-root layout), A/B erofs + verity
 #   initrd   a dracut initrd built inside the guest root with our module
+#            (and a copy with the tmpfs-layout config appended)
 # Usage: build-image.sh HELPER_BINARY   -> prints the artifacts directory.
 set -euo pipefail
 # Only the final path goes to stdout; every tool's chatter goes to stderr.
@@ -90,6 +92,13 @@ build_slot() {
   veritysetup format "$dir/root-$v.img" "$dir/verity-$v.img" | sed -n 's/^Root hash:[[:space:]]*//p'
 }
 
+# place IMAGE PARTITION-INDEX (0-based): into $tmp/disk.img, per $tmp/layout.json.
+place() {
+  local start
+  start=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["partitiontable"]["partitions"][int(sys.argv[2])]["start"])' "$tmp/layout.json" "$2")
+  dd if="$1" of="$tmp/disk.img" bs=512 seek="$start" conv=notrunc,sparse status=none
+}
+
 if [ ! -e "$disk" ]; then
   log "disk image"
   used=$(du -sm --exclude=./proc "$rootfs" | cut -f1)
@@ -114,16 +123,57 @@ size=${verity_mib}MiB, type=$verity_t, name="appliance_2", uuid=$(as_uuid "${has
 size=64MiB, type=4d21b016-b534-45c2-a9fb-5c16e091fd2d, name="data"
 SFDISK
   sfdisk -J "$tmp/disk.img" > "$tmp/layout.json"
-  place() { # IMAGE PARTITION-INDEX (0-based)
-    local start
-    start=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["partitiontable"]["partitions"][int(sys.argv[2])]["start"])' "$tmp/layout.json" "$2")
-    dd if="$1" of="$tmp/disk.img" bs=512 seek="$start" conv=notrunc,sparse status=none
-  }
   place "$tmp/root-1.img" 1; place "$tmp/verity-1.img" 2
   place "$tmp/root-2.img" 3; place "$tmp/verity-2.img" 4
   echo "$hash_a" > "$disk.roothash-a"; echo "$hash_b" > "$disk.roothash-b"
   mv "$tmp/layout.json" "$disk.layout.json"
   mv "$tmp/disk.img" "$disk"; rm -rf "$tmp"
+fi
+
+# ---- usr disk: hermetic /usr A/B for the tmpfs-root layout ------------------
+# The image has no /etc: the guest's /etc is its factory copy in
+# /usr/share/factory/etc. Each usr slot is erofs (lz4hc) with its verity
+# partner; UUIDs derive from the usrhash as for root. No root partition.
+# Layout (MiB): ESP 32 | usr-A | usr-A-verity | usr-B | usr-B-verity | data 64
+usrkey=$(echo "$rootkey usr v1" | sha256sum | cut -c1-16)
+usrdisk="$cache/usrdisk-$usrkey.img"
+usr_t=8484680c-9521-48c6-9c11-b0720656f69e usr_verity_t=77ff5f63-e7b6-4633-acf4-1565b864c0e6
+mib() { echo $(( ($(stat -c %s "$1") + 1048575) / 1048576 )); }
+# build_usr VERSION DIR: erofs + verity images of DIR/tree; prints the hash.
+build_usr() {
+  local v=$1 dir=$2 osr="$2/tree/lib/os-release"
+  sed -i '/^IMAGE_ID=/d; /^IMAGE_VERSION=/d' "$osr"
+  printf 'IMAGE_ID=appliance\nIMAGE_VERSION=%s\n' "$v" >> "$osr"
+  mkfs.erofs --quiet -zlz4hc -T 0 -U "00000000-0000-4000-8000-00000000000$v" "$dir/usr-$v.img" "$dir/tree" >&2
+  veritysetup format "$dir/usr-$v.img" "$dir/usr-verity-$v.img" | sed -n 's/^Root hash:[[:space:]]*//p'
+}
+if [ ! -e "$usrdisk" ]; then
+  log "usr disk image"
+  tmp="$cache/build-usr-$usrkey"; rm -rf "$tmp"; mkdir -p "$tmp"
+  cp -a --reflink=auto "$rootfs/usr" "$tmp/tree"
+  mkdir -p "$tmp/tree/share/factory"
+  cp -a "$rootfs/etc" "$tmp/tree/share/factory/etc"
+  uhash_a=$(build_usr 1 "$tmp"); uhash_b=$(build_usr 2 "$tmp")
+  [ ${#uhash_a} = 64 ] && [ ${#uhash_b} = 64 ] || { log "veritysetup gave no usr hash"; exit 1; }
+  usr_mib=$(mib "$tmp/usr-2.img"); [ "$(mib "$tmp/usr-1.img")" -le "$usr_mib" ] || usr_mib=$(mib "$tmp/usr-1.img")
+  uv_mib=$(( $(mib "$tmp/usr-verity-1.img") + 1 ))
+  truncate -s "$(( 1 + 32 + 2 * (usr_mib + uv_mib) + 64 + 1 ))M" "$tmp/disk.img"
+  sfdisk -q --no-reread --no-tell-kernel "$tmp/disk.img" <<SFDISK
+label: gpt
+unit: sectors
+first-lba: 2048
+size=32MiB, type=c12a7328-f81f-11d2-ba4b-00a0c93ec93b, name="esp"
+size=${usr_mib}MiB, type=$usr_t, name="appliance_1", attrs="GUID:60", uuid=$(as_uuid "${uhash_a:0:32}")
+size=${uv_mib}MiB, type=$usr_verity_t, name="appliance_1", uuid=$(as_uuid "${uhash_a:32:32}")
+size=${usr_mib}MiB, type=$usr_t, name="appliance_2", attrs="GUID:60", uuid=$(as_uuid "${uhash_b:0:32}")
+size=${uv_mib}MiB, type=$usr_verity_t, name="appliance_2", uuid=$(as_uuid "${uhash_b:32:32}")
+size=64MiB, type=4d21b016-b534-45c2-a9fb-5c16e091fd2d, name="data"
+SFDISK
+  sfdisk -J "$tmp/disk.img" > "$tmp/layout.json"
+  place "$tmp/usr-1.img" 1; place "$tmp/usr-verity-1.img" 2
+  place "$tmp/usr-2.img" 3; place "$tmp/usr-verity-2.img" 4
+  echo "$uhash_a" > "$usrdisk.usrhash-a"; echo "$uhash_b" > "$usrdisk.usrhash-b"
+  mv "$tmp/disk.img" "$usrdisk"; rm -rf "$tmp"
 fi
 
 # ---- initrd (depends on the root, the helper, the module, units, config) ----
@@ -150,9 +200,20 @@ if [ ! -e "$initrd" ]; then
   rm -rf "$stage" "$rootfs/etc/initrd-helper" "$rootfs/usr/lib/dracut/modules.d/90initrd-helper"
 fi
 
+# The same initrd with the tmpfs-layout config appended as a second cpio
+# archive (the kernel unpacks both; the later config.toml wins).
+usrinitrd="${initrd%.img}.usr.img"
+if [ ! -e "$usrinitrd" ] || [ "$here/config/usr.toml" -nt "$usrinitrd" ]; then
+  tmp="$cache/build-usr-initrd"; rm -rf "$tmp"; mkdir -p "$tmp/etc/initrd-helper"
+  install -m644 "$here/config/usr.toml" "$tmp/etc/initrd-helper/config.toml"
+  (cd "$tmp" && find etc | sort | cpio -o -H newc -R 0:0 --quiet) > "$tmp/extra.cpio"
+  cat "$initrd" "$tmp/extra.cpio" > "$usrinitrd.tmp"
+  mv "$usrinitrd.tmp" "$usrinitrd"; rm -rf "$tmp"
+fi
+
 # Drop superseded builds (other keys) so the cache does not grow per change.
-for old in "$cache"/rootfs-* "$cache"/disk-*.img* "$cache"/initrd-*.img; do
-  case "$old" in "$rootfs"|"$rootfs.done"|"$disk"*|"$initrd") ;; *) rm -rf "$old" ;; esac
+for old in "$cache"/rootfs-* "$cache"/disk-*.img* "$cache"/usrdisk-*.img* "$cache"/initrd-*.img; do
+  case "$old" in "$rootfs"|"$rootfs.done"|"$disk"*|"$usrdisk"*|"$initrd"|"$usrinitrd") ;; *) rm -rf "$old" ;; esac
 done
 
 out="$cache/current"
@@ -161,4 +222,7 @@ ln -sf "$kdir/x/boot/vmlinuz-$kver" "$out/vmlinuz"
 ln -sf "$initrd" "$out/initrd.img"
 ln -sf "$disk" "$out/disk.img"
 for f in roothash-a roothash-b layout.json; do ln -sf "$disk.$f" "$out/$f"; done
+ln -sf "$usrdisk" "$out/usr-disk.img"
+ln -sf "$usrinitrd" "$out/initrd-usr.img"
+for f in usrhash-a usrhash-b; do ln -sf "$usrdisk.$f" "$out/$f"; done
 echo "$out" >&3

@@ -98,7 +98,8 @@ in
       requiredBy = [ "initrd-root-fs.target" ];
       wants = [ "systemd-udev-trigger.service" ];
       after = [ "systemd-udev-trigger.service" "systemd-udevd.service" "systemd-modules-load.service" ];
-      before = [ "initrd-root-fs.target" "sysroot.mount" "initrd-root-device.target" "shutdown.target" ];
+      before = [ "initrd-root-fs.target" "sysroot.mount" "initrd-root-device.target" "shutdown.target"
+        "initrd-usr-fs.target" "sysusr-usr.mount" "sysroot-usr.mount" ];
       conflicts = [ "shutdown.target" ];
       unitConfig = {
         ConditionPathExists = "/etc/initrd-release";

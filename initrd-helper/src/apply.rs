@@ -95,10 +95,35 @@ fn mount_root(source: &Path, fstype: &str, target: &str) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-fn etc_overlay(target: &str, state_dir: &str, upper: &str, work: &str) -> Result<Outcome> {
+/// A tmpfs at `target` holding the skeleton (a restarted unit finds it).
+fn tmpfs_root(target: &str, options: &str) -> Result<Outcome> {
+    let t = Path::new(target);
+    if mountinfo::find(&sys::mount::table(), target).is_some_and(|m| m.fstype == "tmpfs") {
+        crate::skeleton::create(t).with_context(|| format!("making the skeleton in {target}"))?;
+        return Ok(Outcome::Skipped(format!("{target} already a tmpfs")));
+    }
+    sys::mount::mount_tmpfs(t, options)
+        .with_context(|| format!("mounting the tmpfs root at {target} ({options})"))?;
+    crate::skeleton::create(t).with_context(|| format!("making the skeleton in {target}"))?;
+    Ok(Outcome::Done)
+}
+
+fn etc_overlay(
+    target: &str,
+    lower: &str,
+    state_dir: &str,
+    upper: &str,
+    work: &str,
+) -> Result<Outcome> {
     let table = sys::mount::table();
     if mountinfo::find(&table, target).is_some_and(|m| m.fstype == "overlay") {
         return Ok(Outcome::Skipped(format!("{target} already an overlay")));
+    }
+    if !Path::new(lower).is_dir() {
+        bail!(
+            "{lower} is not a directory: the image has no /etc to overlay (a hermetic /usr \
+             image must ship its factory /etc there; see etc.factory)"
+        );
     }
     if mountinfo::find(&table, state_dir).is_none() {
         sys::mount::mount_tmpfs(Path::new(state_dir), ETC_TMPFS_OPTIONS).with_context(|| {
@@ -107,7 +132,7 @@ fn etc_overlay(target: &str, state_dir: &str, upper: &str, work: &str) -> Result
     }
     sys::mount::mount_overlay(
         Path::new(target),
-        Path::new(target),
+        Path::new(lower),
         Path::new(upper),
         Path::new(work),
     )
@@ -162,18 +187,15 @@ fn apply_step(step: &Step) -> Result<Outcome> {
             options,
             ..
         } => activate_verity(name, data, hash, roothash, options),
-        Step::MountRoot {
-            source,
-            fstype,
-            target,
-            ..
-        } => mount_root(source, fstype, target),
+        Step::MountRoot(m) | Step::MountUsr(m) => mount_root(&m.source, &m.fstype, &m.target),
+        Step::TmpfsRoot { target, options } => tmpfs_root(target, options),
         Step::EtcOverlay {
             target,
+            lower,
             state_dir,
             upper,
             work,
-        } => etc_overlay(target, state_dir, upper, work),
+        } => etc_overlay(target, lower, state_dir, upper, work),
         Step::MachineId { path, source } => write_machine_id(path, source),
         Step::Data(d) => match mountinfo::find(&sys::mount::table(), &d.target) {
             // A restarted unit: the volume is open and mounted already.

@@ -55,6 +55,12 @@ pub struct Cmdline {
     pub verity_hash: Option<DeviceSpec>,
     /// `systemd.verity_root_options=`.
     pub verity_options: VerityOptions,
+    /// `usrhash=`: dm-verity root hash (hex) of the /usr slot to boot.
+    pub usrhash: Option<String>,
+    /// `systemd.verity_usr_data=`, `_hash=`, `_options=`: as for root.
+    pub verity_usr_data: Option<DeviceSpec>,
+    pub verity_usr_hash: Option<DeviceSpec>,
+    pub verity_usr_options: VerityOptions,
     /// `systemd.machine_id=`: a fixed machine ID (32 hex) for this boot,
     /// or `firmware` (the SMBIOS product UUID), as systemd reads it.
     pub machine_id: Option<MachineIdArg>,
@@ -174,6 +180,10 @@ impl Default for Cmdline {
             verity_data: None,
             verity_hash: None,
             verity_options: VerityOptions::default(),
+            usrhash: None,
+            verity_usr_data: None,
+            verity_usr_hash: None,
+            verity_usr_options: VerityOptions::default(),
             machine_id: None,
             factory_reset: false,
             factory_reset_id: None,
@@ -208,6 +218,13 @@ impl Cmdline {
             "systemd.verity_root_hash" => self.verity_hash = Some(parse_device(key, v)?),
             "systemd.verity_root_options" => {
                 self.verity_options =
+                    verity::parse_options(v.unwrap_or("")).map_err(|why| refuse(key, v, &why))?;
+            }
+            "usrhash" => self.usrhash = Some(parse_roothash(key, v)?),
+            "systemd.verity_usr_data" => self.verity_usr_data = Some(parse_device(key, v)?),
+            "systemd.verity_usr_hash" => self.verity_usr_hash = Some(parse_device(key, v)?),
+            "systemd.verity_usr_options" => {
+                self.verity_usr_options =
                     verity::parse_options(v.unwrap_or("")).map_err(|why| refuse(key, v, &why))?;
             }
             "systemd.machine_id" => match v {
@@ -263,7 +280,43 @@ impl Cmdline {
     }
 }
 
+/// What the command line says of one slot kind's verity.
+#[derive(Debug, Clone, Copy)]
+pub struct VeritySel<'c> {
+    pub hash: Option<&'c str>,
+    pub data: Option<&'c DeviceSpec>,
+    pub hash_dev: Option<&'c DeviceSpec>,
+    pub options: &'c VerityOptions,
+}
+
 impl Cmdline {
+    /// The root's (`roothash=`, `systemd.verity_root_*=`) or the usr
+    /// slot's (`usrhash=`, `systemd.verity_usr_*=`) options; the hash is
+    /// `None` under `systemd.verity=0`.
+    pub fn verity_for(&self, kind: crate::dps::SlotKind) -> VeritySel<'_> {
+        use crate::dps::SlotKind;
+        let (hash, data, hash_dev, options) = match kind {
+            SlotKind::Root => (
+                &self.roothash,
+                &self.verity_data,
+                &self.verity_hash,
+                &self.verity_options,
+            ),
+            SlotKind::Usr => (
+                &self.usrhash,
+                &self.verity_usr_data,
+                &self.verity_usr_hash,
+                &self.verity_usr_options,
+            ),
+        };
+        VeritySel {
+            hash: hash.as_deref().filter(|_| self.verity),
+            data: data.as_ref(),
+            hash_dev: hash_dev.as_ref(),
+            options,
+        }
+    }
+
     /// The ID of a factory reset request, or `None` when none is made. Our
     /// own flag's ID wins; `systemd.factory_reset=1` has a fixed ID. A reset
     /// is done when the ID differs from the last one done, and a boot
@@ -386,6 +439,29 @@ mod tests {
             "systemd.verity_root_options=hash-offset=1",
             "systemd.verity=perhaps",
         ] {
+            let e = parse(bad).unwrap_err();
+            assert!(bad.starts_with(&e.key), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn usr_options_are_systemds_names() {
+        let h = "ab".repeat(32);
+        let c = parse(&format!(
+            "usrhash={} systemd.verity_usr_data=/dev/vda2 \
+             systemd.verity_usr_hash=/dev/vda3 systemd.verity_usr_options=panic-on-corruption",
+            h.to_uppercase()
+        ))
+        .unwrap();
+        let u = c.verity_for(crate::dps::SlotKind::Usr);
+        assert_eq!(u.hash, Some(h.as_str()));
+        assert_eq!(u.data, Some(&DeviceSpec::Path("/dev/vda2".into())));
+        assert_eq!(u.hash_dev, Some(&DeviceSpec::Path("/dev/vda3".into())));
+        assert_eq!(u.options.on_corruption, crate::verity::OnCorruption::Panic);
+        assert!(c.verity_for(crate::dps::SlotKind::Root).hash.is_none());
+        let off = parse(&format!("usrhash={h} systemd.verity=0")).unwrap();
+        assert!(off.verity_for(crate::dps::SlotKind::Usr).hash.is_none());
+        for bad in ["usrhash=xyz", "systemd.verity_usr_data=vda2"] {
             let e = parse(bad).unwrap_err();
             assert!(bad.starts_with(&e.key), "{bad}: {e}");
         }

@@ -31,9 +31,26 @@ pub enum Unverified {
     MountReadOnly,
 }
 
+/// What `/` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layout {
+    /// The selected root slot, read-only (a `usrhash=` slot is mounted
+    /// over its /usr when given).
+    #[default]
+    Slot,
+    /// A tmpfs, with /usr from the selected usr slot and /etc from the
+    /// factory copy in /usr (`systemd.volatile=yes`, NixOS's verity store).
+    Tmpfs,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RootConfig {
+    /// `slot` (default) or `tmpfs`.
+    pub layout: Layout,
+    /// mount(8) options of the tmpfs root (layout `tmpfs`).
+    pub tmpfs_options: String,
     /// Without `roothash=`: `refuse` (default) or `mount-read-only`.
     pub unverified: Unverified,
     /// Where the root is mounted; systemd's initrd switches into it.
@@ -43,6 +60,8 @@ pub struct RootConfig {
 impl Default for RootConfig {
     fn default() -> Self {
         RootConfig {
+            layout: Layout::Slot,
+            tmpfs_options: "mode=0755,size=50%".into(),
             unverified: Unverified::Refuse,
             mount_point: "/sysroot".into(),
         }
@@ -56,6 +75,9 @@ pub struct EtcConfig {
     pub overlay: bool,
     /// Where the upper and work dirs live; under /run so they survive switch-root.
     pub state_dir: String,
+    /// The overlay's lower layer when the image has no /etc (layout
+    /// `tmpfs`): the factory copy in /usr, relative to the root.
+    pub factory: String,
 }
 
 impl Default for EtcConfig {
@@ -63,6 +85,7 @@ impl Default for EtcConfig {
         EtcConfig {
             overlay: true,
             state_dir: "/run/initrd-helper/etc".into(),
+            factory: "/usr/share/factory/etc".into(),
         }
     }
 }
@@ -181,10 +204,17 @@ fn validate(cfg: &Config) -> Result<(), String> {
         ("root.mount_point", &cfg.root.mount_point),
         ("etc.state_dir", &cfg.etc.state_dir),
         ("data.mount_point", &cfg.data.mount_point),
+        ("etc.factory", &cfg.etc.factory),
     ] {
         if !p.starts_with('/') {
             return Err(format!("{name} = {p:?}: must be an absolute path"));
         }
+    }
+    let t = &cfg.root.tmpfs_options;
+    if t.is_empty() || t.len() > 256 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "root.tmpfs_options = {t:?}: expected tmpfs mount options such as \"mode=0755,size=50%\""
+        ));
     }
     let pcrs = &cfg.data.pcrs;
     if pcrs.is_empty() || pcrs.iter().any(|&p| p > 23) {
@@ -230,6 +260,16 @@ mod tests {
         assert_eq!(c.devices.timeout_secs, 5);
         assert!(!c.etc.overlay);
         assert_eq!(c.root.mount_point, "/sysroot");
+        let r = parse(
+            "[root]\nlayout = \"tmpfs\"\ntmpfs_options = \"size=1G\"\n",
+            "x",
+        )
+        .unwrap()
+        .root;
+        assert_eq!(
+            (r.layout, r.tmpfs_options.as_str()),
+            (Layout::Tmpfs, "size=1G")
+        );
         let d = parse(
             "[data]\nencryption = \"none\"\npcrs = [0, 7]\n\
              partition_type = \"0fc63daf-8483-4772-8e79-3d69d8477de4\"\n",
@@ -254,6 +294,9 @@ mod tests {
             "[data]\npcrs = [24]\n",
             "[data]\nencryption = \"luks1\"\n",
             "[data]\nmount_point = \"var\"\n",
+            "[root]\nlayout = \"data\"\n",
+            "[root]\ntmpfs_options = \"size=1G mode=0755\"\n",
+            "[etc]\nfactory = \"usr/share/factory/etc\"\n",
             "not toml at all [",
         ] {
             let e = parse(bad, "cfg.toml").unwrap_err();

@@ -17,6 +17,14 @@ pub const ROOT_X86_64: Guid = g(&[
 pub const ROOT_VERITY_X86_64: Guid = g(&[
     0x2c, 0x73, 0x57, 0xed, 0xeb, 0xd2, 0x46, 0xd9, 0xae, 0xc1, 0x23, 0xd4, 0x37, 0xec, 0x2b, 0xf5,
 ]);
+/// `/usr` partition, x86-64: 8484680c-9521-48c6-9c11-b0720656f69e.
+pub const USR_X86_64: Guid = g(&[
+    0x84, 0x84, 0x68, 0x0c, 0x95, 0x21, 0x48, 0xc6, 0x9c, 0x11, 0xb0, 0x72, 0x06, 0x56, 0xf6, 0x9e,
+]);
+/// `/usr` verity hash partition, x86-64: 77ff5f63-e7b6-4633-acf4-1565b864c0e6.
+pub const USR_VERITY_X86_64: Guid = g(&[
+    0x77, 0xff, 0x5f, 0x63, 0xe7, 0xb6, 0x46, 0x33, 0xac, 0xf4, 0x15, 0x65, 0xb8, 0x64, 0xc0, 0xe6,
+]);
 /// Generic `var` partition: 4d21b016-b534-45c2-a9fb-5c16e091fd2d.
 pub const VAR: Guid = g(&[
     0x4d, 0x21, 0xb0, 0x16, 0xb5, 0x34, 0x45, 0xc2, 0xa9, 0xfb, 0x5c, 0x16, 0xe0, 0x91, 0xfd, 0x2d,
@@ -40,10 +48,54 @@ pub fn type_name(t: &Guid) -> &'static str {
     match *t {
         ROOT_X86_64 => "root-x86-64",
         ROOT_VERITY_X86_64 => "root-x86-64-verity",
+        USR_X86_64 => "usr-x86-64",
+        USR_VERITY_X86_64 => "usr-x86-64-verity",
         VAR => "var",
         LINUX_GENERIC => "linux-generic",
         ESP => "esp",
         _ => "other",
+    }
+}
+
+/// The two kinds of image slot: a whole root, or a hermetic /usr (the
+/// image has no /etc of its own; the root is a tmpfs or the data
+/// partition). Each has its DPS types, its hash option and mapper name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlotKind {
+    Root,
+    Usr,
+}
+
+impl SlotKind {
+    pub fn data_type(self) -> Guid {
+        match self {
+            SlotKind::Root => ROOT_X86_64,
+            SlotKind::Usr => USR_X86_64,
+        }
+    }
+
+    pub fn hash_type(self) -> Guid {
+        match self {
+            SlotKind::Root => ROOT_VERITY_X86_64,
+            SlotKind::Usr => USR_VERITY_X86_64,
+        }
+    }
+
+    /// `root` / `usr`: the /dev/mapper name and the word in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            SlotKind::Root => "root",
+            SlotKind::Usr => "usr",
+        }
+    }
+
+    /// The command-line option carrying the slot's hash.
+    pub fn hash_key(self) -> &'static str {
+        match self {
+            SlotKind::Root => "roothash=",
+            SlotKind::Usr => "usrhash=",
+        }
     }
 }
 
@@ -118,6 +170,14 @@ mod tests {
         assert_eq!(
             ROOT_VERITY_X86_64.to_string(),
             "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5"
+        );
+        assert_eq!(
+            USR_X86_64.to_string(),
+            "8484680c-9521-48c6-9c11-b0720656f69e"
+        );
+        assert_eq!(
+            USR_VERITY_X86_64.to_string(),
+            "77ff5f63-e7b6-4633-acf4-1565b864c0e6"
         );
         assert_eq!(VAR.to_string(), "4d21b016-b534-45c2-a9fb-5c16e091fd2d");
         assert_eq!(ESP.to_string(), "c12a7328-f81f-11d2-ba4b-00a0c93ec93b");

@@ -174,12 +174,15 @@ pub fn planner_target(data: &[u8]) {
         product_uuid: text(line).get(..36).map(str::to_string),
     };
     let mut cfg = config::Config::default();
-    for unverified in [
-        config::Unverified::Refuse,
-        config::Unverified::MountReadOnly,
-    ] {
-        cfg.root.unverified = unverified;
-        let _ = plan::plan(&facts, &cmd, &cfg);
+    for layout in [config::Layout::Slot, config::Layout::Tmpfs] {
+        for unverified in [
+            config::Unverified::Refuse,
+            config::Unverified::MountReadOnly,
+        ] {
+            cfg.root.layout = layout;
+            cfg.root.unverified = unverified;
+            let _ = plan::plan(&facts, &cmd, &cfg);
+        }
     }
 }
 

@@ -28,6 +28,7 @@ pub mod mountinfo;
 pub mod plan;
 pub mod provision;
 pub mod reset;
+pub mod skeleton;
 pub mod sys;
 pub mod token;
 pub mod verity;

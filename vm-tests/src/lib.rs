@@ -31,11 +31,31 @@ impl Artifacts {
     /// Reads `IH_VM_DIR`; panics with a hint when it is unset (run `make test`).
     /// The root hash of slot `a` or `b` written by the image builder.
     pub fn roothash(&self, slot: &str) -> String {
-        let p = self.disk.with_file_name(format!("roothash-{slot}"));
+        self.hash_file(&format!("roothash-{slot}"))
+    }
+
+    /// The usr slot's hash (`a` or `b`) of the hermetic-/usr image.
+    pub fn usrhash(&self, slot: &str) -> String {
+        self.hash_file(&format!("usrhash-{slot}"))
+    }
+
+    fn hash_file(&self, name: &str) -> String {
+        let p = self.disk.with_file_name(name);
         fs::read_to_string(&p)
             .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
             .trim()
             .to_string()
+    }
+
+    /// The hermetic-/usr image (usr A/B, no root slot) and the initrd
+    /// with the tmpfs-layout config (build-image.sh's "usr disk").
+    pub fn usr_from_env() -> Artifacts {
+        let a = Artifacts::from_env();
+        Artifacts {
+            initrd: a.initrd.with_file_name("initrd-usr.img"),
+            disk: a.disk.with_file_name("usr-disk.img"),
+            kernel: a.kernel,
+        }
     }
 
     pub fn from_env() -> Artifacts {

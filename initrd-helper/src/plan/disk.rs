@@ -2,15 +2,9 @@
 //! written, chosen the same way whatever order the disks appear in.
 
 use super::PlanError;
-use crate::dps;
+
 use crate::facts::{DiskFacts, Facts};
 use crate::guid::Guid;
-
-pub(super) fn has_root(d: &DiskFacts) -> bool {
-    d.partitions
-        .iter()
-        .any(|p| p.gpt.type_guid == dps::ROOT_X86_64)
-}
 
 /// The disk we may read and (later) write. Only one disk is ever chosen,
 /// and the choice never depends on probing order (systemd#38907):

@@ -20,13 +20,15 @@ pub enum PlanError {
     #[error("the partition table of {disk} cannot be used: {error}")]
     BadTable { disk: String, error: String },
     #[error(
-        "disk {0} has no bootable root partition (all root slots are empty, partial or pending)"
+        "disk {disk} has no bootable {kind} partition (all {kind} slots are empty, partial or pending)"
     )]
-    NoBootableRoot(String),
-    #[error("{} and root.unverified = \"refuse\": refusing to mount an unverified root (set root.unverified = \"mount-read-only\" for development images)", if *.0 { "systemd.verity=0 turns roothash= off" } else { "no roothash= on the kernel command line" })]
-    UnverifiedRefused(bool),
-    #[error("roothash={0} is not 32 to 64 bytes of hex")]
-    BadRootHash(String),
+    NoBootableSlot { disk: String, kind: &'static str },
+    #[error("{} and root.unverified = \"refuse\": refusing to mount an unverified {} (set root.unverified = \"mount-read-only\" for development images)", if *.verity_off { format!("systemd.verity=0 turns {key} off") } else { format!("no {key} on the kernel command line") }, if *.key == "usrhash=" { "/usr" } else { "root" })]
+    UnverifiedRefused { key: &'static str, verity_off: bool },
+    #[error("{key}{hash} is not 32 to 64 bytes of hex")]
+    BadRootHash { key: &'static str, hash: String },
+    #[error("root.layout = \"tmpfs\" makes / a tmpfs, but the kernel command line carries roothash=: refusing to leave a verified root unused (drop roothash= or use root.layout = \"slot\")")]
+    RootHashWithTmpfs,
     #[error("the boot disk {disk} has no {what}")]
     MissingPartition { disk: String, what: String },
     #[error("{dev} ({what}) has partition type {found}, expected {expected}")]
@@ -43,9 +45,13 @@ pub enum PlanError {
         why: String,
     },
     #[error(
-        "root partition {dev} ({label:?}) holds no supported file system (ext4, erofs, squashfs)"
+        "{kind} partition {dev} ({label:?}) holds no supported file system (ext4, erofs, squashfs)"
     )]
-    NoRootFs { dev: String, label: String },
+    NoRootFs {
+        kind: &'static str,
+        dev: String,
+        label: String,
+    },
     #[error("the boot disk {disk} has several data partitions of type {kind} ({}); refusing to guess", .parts.join(", "))]
     AmbiguousData {
         disk: String,

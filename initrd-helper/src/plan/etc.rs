@@ -4,7 +4,7 @@
 
 use super::{MachineIdSource, Step};
 use crate::cmdline::{Cmdline, MachineIdArg};
-use crate::config::Config;
+use crate::config::{Config, Layout};
 use crate::facts::Facts;
 use crate::machine_id;
 
@@ -19,14 +19,27 @@ pub(super) fn etc_steps(
 ) -> Vec<Step> {
     let root = cfg.root.mount_point.trim_end_matches('/');
     let mut steps = Vec::new();
+    // A hermetic /usr image has no /etc: its factory copy is the lower layer.
+    let lower = match cfg.root.layout {
+        Layout::Slot => format!("{root}/etc"),
+        Layout::Tmpfs => format!("{root}{}", cfg.etc.factory.trim_end_matches('/')),
+    };
     if cfg.etc.overlay {
         let state = cfg.etc.state_dir.trim_end_matches('/');
         steps.push(Step::EtcOverlay {
             target: format!("{root}/etc"),
+            lower,
             state_dir: state.to_string(),
             upper: format!("{state}/upper"),
             work: format!("{state}/work"),
         });
+    }
+    if !cfg.etc.overlay && cfg.root.layout == Layout::Tmpfs {
+        warnings.push(
+            "etc.overlay = false with root.layout = \"tmpfs\": /etc starts empty (the factory \
+             copy is only used as the overlay's lower layer)"
+                .into(),
+        );
     }
     let firmware = || match machine_id::from_firmware(facts.product_uuid.as_deref()) {
         Ok(id) => (MachineIdSource::Firmware(id), None),

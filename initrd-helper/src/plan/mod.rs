@@ -3,7 +3,8 @@
 //! Nothing here touches the machine, so every safety rule (which disk,
 //! which slot, what to refuse) is unit-tested with plain values.
 //!
-//! Its rooms: `disk` (which disk), `verity` and `slot` (which root), `data`
+//! Its rooms: `disk` (which disk), `layout` (what `/` is), `verity` and
+//! `slot` (which root or usr slot), `data`
 //! (the data partition's policy), `etc` (/etc and the machine ID), `step`
 //! (what is planned), `error` (why not).
 
@@ -11,6 +12,7 @@ mod data;
 mod disk;
 mod error;
 mod etc;
+mod layout;
 mod slot;
 mod step;
 #[cfg(test)]
@@ -21,16 +23,17 @@ pub use disk::select_disk;
 pub use error::PlanError;
 pub use etc::MACHINE_ID_FILE;
 pub use slot::select_unverified_slot;
-pub use step::{DataAction, DataStep, MachineIdSource, Step, DATA_NAME, IN_PROGRESS_BIT};
+pub use step::{
+    DataAction, DataStep, MachineIdSource, SlotMount, Step, DATA_NAME, IN_PROGRESS_BIT,
+};
 pub use verity::derived_uuids;
 
 use data::data_step;
 use etc::etc_steps;
-use slot::plan_unverified;
-use verity::plan_verity;
+use layout::{slot_layout, tmpfs_layout};
 
 use crate::cmdline::Cmdline;
-use crate::config::Config;
+use crate::config::{Config, Layout};
 use crate::dps;
 use crate::facts::{DiskFacts, Facts};
 use crate::guid::Guid;
@@ -48,15 +51,23 @@ pub struct Plan {
 
 /// Turns facts, command line and config into the boot plan.
 pub fn plan(facts: &Facts, cmd: &Cmdline, cfg: &Config) -> Result<Plan, PlanError> {
-    let wanted = cmd.disk.or(cfg.devices.disk);
     let mut warnings = cmd.warnings.clone();
-    let roothash = cmd.roothash.as_deref().filter(|_| cmd.verity);
-    if cmd.roothash.is_some() && roothash.is_none() {
-        warnings.push("systemd.verity=0: ignoring roothash=".into());
+    if !cmd.verity {
+        let ignored: Vec<&str> = [(&cmd.roothash, "roothash="), (&cmd.usrhash, "usrhash=")]
+            .iter()
+            .filter(|(h, _)| h.is_some())
+            .map(|(_, k)| *k)
+            .collect();
+        if !ignored.is_empty() {
+            warnings.push(format!(
+                "systemd.verity=0: ignoring {}",
+                ignored.join(" and ")
+            ));
+        }
     }
-    let (disk, mut steps) = match roothash {
-        Some(h) => plan_verity(facts, cmd, wanted, h, &cfg.root.mount_point)?,
-        None => plan_unverified(facts, cfg, wanted, cmd.roothash.is_some())?,
+    let (disk, mut steps) = match cfg.root.layout {
+        Layout::Slot => slot_layout(facts, cmd, cfg)?,
+        Layout::Tmpfs => tmpfs_layout(facts, cmd, cfg)?,
     };
     let table = disk.table.as_ref().map_err(|e| PlanError::BadTable {
         disk: disk.name.clone(),
@@ -127,12 +138,12 @@ mod tests {
         let names: Vec<_> = p.steps.iter().map(Step::name).collect();
         assert_eq!(names, ["mount-root", "etc-overlay", "machine-id"]);
         match &p.steps[0] {
-            Step::MountRoot {
+            Step::MountRoot(SlotMount {
                 source,
                 fstype,
                 target,
                 ..
-            } => {
+            }) => {
                 assert_eq!(source, &PathBuf::from("/dev/vda2"));
                 assert_eq!((fstype.as_str(), target.as_str()), ("ext4", "/sysroot"));
             }

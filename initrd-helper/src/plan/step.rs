@@ -66,6 +66,16 @@ pub const IN_PROGRESS_BIT: u64 = 1 << 55;
 /// Name of the data volume under /dev/mapper.
 pub const DATA_NAME: &str = "data";
 
+/// A slot's file system, mounted read-only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SlotMount {
+    pub source: PathBuf,
+    pub fstype: String,
+    pub label: String,
+    pub partuuid: Guid,
+    pub target: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "step", rename_all = "kebab-case")]
 pub enum Step {
@@ -79,16 +89,17 @@ pub enum Step {
         options: VerityOptions,
     },
     /// Mount the selected root slot read-only.
-    MountRoot {
-        source: PathBuf,
-        fstype: String,
-        label: String,
-        partuuid: Guid,
-        target: String,
-    },
-    /// Overlay on the root's /etc: lower = image, upper/work on tmpfs under /run.
+    MountRoot(SlotMount),
+    /// A tmpfs as the root, with the skeleton a hermetic /usr needs (the
+    /// usr-merge links, /etc, /var and the API mount points).
+    TmpfsRoot { target: String, options: String },
+    /// Mount the selected usr slot read-only at the root's /usr.
+    MountUsr(SlotMount),
+    /// Overlay on the root's /etc: lower = the image's /etc (or its factory
+    /// copy in /usr), upper/work on tmpfs under /run.
     EtcOverlay {
         target: String,
+        lower: String,
         /// A dedicated tmpfs holding `upper` and `work` (overlayfs needs both on one fs).
         state_dir: String,
         upper: String,
@@ -109,7 +120,9 @@ impl Step {
     pub fn name(&self) -> &'static str {
         match self {
             Step::ActivateVerity { .. } => "verity",
-            Step::MountRoot { .. } => "mount-root",
+            Step::MountRoot(_) => "mount-root",
+            Step::TmpfsRoot { .. } => "tmpfs-root",
+            Step::MountUsr(_) => "mount-usr",
             Step::Data(_) => "data",
             Step::EtcOverlay { .. } => "etc-overlay",
             Step::MachineId { .. } => "machine-id",
@@ -139,20 +152,24 @@ impl Step {
                     ""
                 },
             ),
-            Step::MountRoot {
-                source,
-                fstype,
-                label,
+            Step::MountRoot(m) | Step::MountUsr(m) => format!(
+                "mount {} ({}, slot {:?}) read-only at {}",
+                m.source.display(),
+                m.fstype,
+                m.label,
+                m.target
+            ),
+            Step::TmpfsRoot { target, options } => {
+                format!("mount a tmpfs ({options}) at {target} with the usr-merged skeleton")
+            }
+            Step::EtcOverlay {
                 target,
+                lower,
+                upper,
                 ..
             } => {
-                format!(
-                    "mount {} ({fstype}, slot {label:?}) read-only at {target}",
-                    source.display()
-                )
-            }
-            Step::EtcOverlay { target, upper, .. } => {
-                format!("overlay {target} (lower: image, upper: tmpfs {upper})")
+                let lower = if lower == target { "image" } else { lower };
+                format!("overlay {target} (lower: {lower}, upper: tmpfs {upper})")
             }
             Step::Data(DataStep {
                 dev,

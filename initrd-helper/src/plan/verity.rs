@@ -1,11 +1,12 @@
-//! The root slot a root hash names (`roothash=`, DPS-derived partition
-//! UUIDs, or systemd's explicit verity devices) and its dm-verity step.
+//! The slot a root hash names (`roothash=` or `usrhash=`, DPS-derived
+//! partition UUIDs, or systemd's explicit verity devices) and its
+//! dm-verity step.
 
 use super::disk::select_disk;
-use super::slot::{mount_root_step, DiskSteps};
+use super::slot::{mount_slot_step, DiskSteps};
 use super::{PlanError, Step};
-use crate::cmdline::{Cmdline, DeviceSpec};
-use crate::dps;
+use crate::cmdline::{DeviceSpec, VeritySel};
+use crate::dps::{self, SlotKind};
 use crate::facts::{DiskFacts, Facts, PartitionFacts};
 use crate::guid::Guid;
 use std::path::PathBuf;
@@ -26,9 +27,12 @@ fn find_part<'d>(disk: &'d DiskFacts, spec: &DeviceSpec) -> Option<&'d Partition
     })
 }
 
-fn spec_text(spec: &DeviceSpec, derived_from: &str) -> String {
+fn spec_text(spec: &DeviceSpec, bits: &str, kind: SlotKind) -> String {
     match spec {
-        DeviceSpec::PartUuid(u) => format!("partition with UUID {u} ({derived_from})"),
+        DeviceSpec::PartUuid(u) => format!(
+            "partition with UUID {u} (the {bits} 128 bits of {})",
+            kind.hash_key()
+        ),
         DeviceSpec::Path(p) => format!("partition {}", p.display()),
     }
 }
@@ -74,23 +78,56 @@ fn check_superblock(
     }
 }
 
-/// With `roothash=`: the data and hash partitions it names, on one disk.
+/// The data and hash partitions a hash names, as looked for.
+struct Wanted {
+    data: DeviceSpec,
+    hash: DeviceSpec,
+    data_what: String,
+    hash_what: String,
+}
+
+fn wanted_pair(sel: &VeritySel, kind: SlotKind, roothash: &str) -> Result<Wanted, PlanError> {
+    let (du, hu) = derived_uuids(roothash).ok_or_else(|| PlanError::BadRootHash {
+        key: kind.hash_key(),
+        hash: roothash.into(),
+    })?;
+    let data = sel.data.cloned().unwrap_or(DeviceSpec::PartUuid(du));
+    let hash = sel.hash_dev.cloned().unwrap_or(DeviceSpec::PartUuid(hu));
+    Ok(Wanted {
+        data_what: spec_text(&data, "first", kind),
+        hash_what: spec_text(&hash, "last", kind),
+        data,
+        hash,
+    })
+}
+
+/// With `roothash=` (or `usrhash=`): the data and hash partitions it
+/// names, on one disk, which becomes the boot disk.
 pub(super) fn plan_verity<'f>(
     facts: &'f Facts,
-    cmd: &Cmdline,
+    sel: &VeritySel,
+    kind: SlotKind,
     wanted: Option<Guid>,
     roothash: &str,
     target: &str,
 ) -> Result<DiskSteps<'f>, PlanError> {
-    let (du, hu) =
-        derived_uuids(roothash).ok_or_else(|| PlanError::BadRootHash(roothash.into()))?;
-    let data_spec = cmd.verity_data.clone().unwrap_or(DeviceSpec::PartUuid(du));
-    let hash_spec = cmd.verity_hash.clone().unwrap_or(DeviceSpec::PartUuid(hu));
-    let data_what = spec_text(&data_spec, "the first 128 bits of roothash=");
-    let hash_what = spec_text(&hash_spec, "the last 128 bits of roothash=");
-    let disk = select_disk(facts, wanted, &format!("a {data_what}"), |d| {
-        find_part(d, &data_spec).is_some()
+    let w = wanted_pair(sel, kind, roothash)?;
+    let disk = select_disk(facts, wanted, &format!("a {}", w.data_what), |d| {
+        find_part(d, &w.data).is_some()
     })?;
+    Ok((disk, verity_steps(disk, sel, kind, roothash, target)?))
+}
+
+/// The verity and mount steps of the pair a hash names on `disk`.
+pub(super) fn verity_steps(
+    disk: &DiskFacts,
+    sel: &VeritySel,
+    kind: SlotKind,
+    roothash: &str,
+    target: &str,
+) -> Result<Vec<Step>, PlanError> {
+    let w = wanted_pair(sel, kind, roothash)?;
+    let (data_spec, hash_spec, data_what, hash_what) = (w.data, w.hash, w.data_what, w.hash_what);
     let missing = |what: &str| PlanError::MissingPartition {
         disk: disk.name.clone(),
         what: what.into(),
@@ -99,25 +136,25 @@ pub(super) fn plan_verity<'f>(
     let hash = find_part(disk, &hash_spec).ok_or_else(|| missing(&hash_what))?;
     // Derived UUIDs must also carry the right DPS types; explicit devices are
     // the admin's choice (as in systemd).
-    if cmd.verity_data.is_none() {
-        check_type(data, "verity data", dps::ROOT_X86_64)?;
+    if sel.data.is_none() {
+        check_type(data, "verity data", kind.data_type())?;
     }
-    if cmd.verity_hash.is_none() {
-        check_type(hash, "verity hash", dps::ROOT_VERITY_X86_64)?;
+    if sel.hash_dev.is_none() {
+        check_type(hash, "verity hash", kind.hash_type())?;
     }
     check_superblock(disk, data, hash, roothash)?;
-    let name = "root".to_string();
+    let name = kind.name().to_string();
     let mapper = PathBuf::from(format!("/dev/mapper/{name}"));
-    let mount = mount_root_step(data, mapper, target)?;
+    let mount = mount_slot_step(kind, data, mapper, target)?;
     let verity = Step::ActivateVerity {
         name,
         data: data.dev.clone(),
         hash: hash.dev.clone(),
         roothash: roothash.to_string(),
         label: data.gpt.label.clone(),
-        options: cmd.verity_options.clone(),
+        options: sel.options.clone(),
     };
-    Ok((disk, vec![verity, mount]))
+    Ok(vec![verity, mount])
 }
 
 #[cfg(test)]
@@ -156,7 +193,13 @@ mod tests {
             &with_hash("abcd"),
             &no_data(),
         );
-        assert_eq!(e.unwrap_err(), PlanError::BadRootHash("abcd".into()));
+        assert_eq!(
+            e.unwrap_err(),
+            PlanError::BadRootHash {
+                key: "roothash=",
+                hash: "abcd".into()
+            }
+        );
     }
 
     #[test]
@@ -170,7 +213,10 @@ mod tests {
         let names: Vec<_> = p.steps.iter().map(Step::name).collect();
         assert_eq!(names, ["verity", "mount-root", "etc-overlay", "machine-id"]);
         match (&p.steps[0], &p.steps[1]) {
-            (Step::ActivateVerity { data, hash, .. }, Step::MountRoot { source, fstype, .. }) => {
+            (
+                Step::ActivateVerity { data, hash, .. },
+                Step::MountRoot(SlotMount { source, fstype, .. }),
+            ) => {
                 assert_eq!(
                     (data.to_str(), hash.to_str()),
                     (Some("/dev/vda2"), Some("/dev/vda3"))
@@ -261,7 +307,13 @@ mod tests {
             ..with_hash(HASH_A)
         };
         let e = plan(&facts(vec![verity_disk("vda", 1)]), &cmd, &no_data()).unwrap_err();
-        assert_eq!(e, PlanError::UnverifiedRefused(true));
+        assert_eq!(
+            e,
+            PlanError::UnverifiedRefused {
+                key: "roothash=",
+                verity_off: true
+            }
+        );
         let p = plan(&facts(vec![verity_disk("vda", 1)]), &cmd, &dev_cfg()).unwrap();
         assert!(p.warnings.iter().any(|w| w.contains("systemd.verity=0")));
     }
