@@ -72,6 +72,19 @@ check(any("e2fsprogs" in s for s in r["initrd_bin"]), "mkfs.ext4 not in the init
 check({"dm_verity", "dm_crypt", "overlay", "tpm_crb"} <= set(r["modules"]), "kernel modules")
 check(r["root_fs"]["options"] == ["ro"] and r["root_fs"]["device"] == "/dev/mapper/root",
       f"fileSystems./ {r['root_fs']}")
+check(not r["has_usr_fs"], "the slot layout defines fileSystems./usr")
+# The tmpfs layout: / a tmpfs, /usr the usrhash= slot, and the helper plans
+# the rendered config against the VM tests' hermetic-/usr image.
+t = r["tmpfs"]
+check(t["failed"] == [], f"assertions fail for the tmpfs layout: {t['failed']}")
+check(t["root_fs"]["fsType"] == "tmpfs" and t["usr_fs"]["device"] == "/dev/mapper/usr"
+      and t["usr_fs"]["options"] == ["ro"], f"tmpfs layout: {t['root_fs']} {t['usr_fs']}")
+open(cfg, "w").write(t["config_toml"])
+usrhash = open(f"{vm}/usr-disk.img.usrhash-a").read().strip()
+p = subprocess.run([binary, "plan", "--config", cfg, "--disk", f"{vm}/usr-disk.img",
+                    "--cmdline", f"usrhash={usrhash}"], capture_output=True, text=True)
+check(p.returncode == 0 and "tmpfs-root" in p.stdout and "/dev/mapper/usr" in p.stdout,
+      f"the helper does not plan the rendered tmpfs config.toml: {p.stdout}{p.stderr}")
 
 # What it replaces is refused, each with one message naming the option.
 needles = {"repart": "boot.initrd.systemd.repart", "etc_overlay": "system.etc.overlay",

@@ -4,8 +4,9 @@
 #   rootfs   a bookworm guest root from mmdebstrap, with the test probe unit
 #   disk     a GPT disk image in the design's layout (see README "Disk layout")
 #   usr disk the hermetic-/usr image (tmpfs-root layout), A/B erofs + verity
+#   repart disk the same /usr laid out by systemd-repart 257 (repart.d)
 #   initrd   a dracut initrd built inside the guest root with our module
-#            (and a copy with the tmpfs-layout config appended)
+#            (and one per layout config, with it appended)
 # Usage: build-image.sh HELPER_BINARY   -> prints the artifacts directory.
 set -euo pipefail
 # Only the final path goes to stdout; every tool's chatter goes to stderr.
@@ -39,7 +40,9 @@ if [ ! -e "$kdir/done" ]; then
 fi
 
 # ---- guest root -------------------------------------------------------------
-rootkey=$(echo "$SUITE $GUEST_PKGS $kver" | cat - "$0" "$here"/guest/* | sha256sum | cut -c1-16)
+# Keyed by its inputs, not by this whole script (an edit elsewhere must not
+# rebuild it): bump the tag when the steps of this section change.
+rootkey=$(echo "rootfs v2 $SUITE $GUEST_PKGS $kver $PRUNE_MODULES" | cat - "$here"/guest/* | sha256sum | cut -c1-16)
 rootfs="$cache/rootfs-$rootkey"
 if [ ! -e "$rootfs.done" ]; then
   log "guest root ($SUITE, mmdebstrap)"
@@ -77,7 +80,7 @@ fi
 # Root slots carry the DPS read-only flag (GPT attribute bit 60): without it
 # stage-2 systemd-gpt-auto-generator remounts the root read-write.
 # Layout (MiB): ESP 32 | root-A | root-A-verity 32 | root-B | root-B-verity 32 | data 64
-diskkey=$(echo "$rootkey v3" | sha256sum | cut -c1-16)
+diskkey=$(echo "$rootkey disk v4" | sha256sum | cut -c1-16)
 disk="$cache/disk-$diskkey.img"
 
 as_uuid() { echo "${1:0:8}-${1:8:4}-${1:12:4}-${1:16:4}-${1:20:12}"; }
@@ -89,7 +92,7 @@ build_slot() {
   printf 'IMAGE_ID=appliance\nIMAGE_VERSION=%s\n' "$v" >> "$osr"
   # A read-only root needs no journal (and so never replays one).
   mkfs.ext4 -q -O ^has_journal -L "root-$v" -U random -d "$rootfs" "$dir/root-$v.img" "${root_mib}M" >&2
-  veritysetup format "$dir/root-$v.img" "$dir/verity-$v.img" | sed -n 's/^Root hash:[[:space:]]*//p'
+  veritysetup format "$dir/root-$v.img" "$dir/root-verity-$v.img" | sed -n 's/^Root hash:[[:space:]]*//p'
 }
 
 # place IMAGE PARTITION-INDEX (0-based): into $tmp/disk.img, per $tmp/layout.json.
@@ -97,6 +100,29 @@ place() {
   local start
   start=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["partitiontable"]["partitions"][int(sys.argv[2])]["start"])' "$tmp/layout.json" "$2")
   dd if="$1" of="$tmp/disk.img" bs=512 seek="$start" conv=notrunc,sparse status=none
+}
+
+# ab_disk DATA_TYPE HASH_TYPE SLOT_MIB HASH_MIB HASH_A HASH_B NAME: the A/B
+# disk in $tmp/disk.img (and $tmp/layout.json), slot images from
+# $tmp/NAME-{1,2}.img and their trees from $tmp/NAME-verity-{1,2}.img.
+# Layout (MiB): ESP 32 | A | A-verity | B | B-verity | data 64
+ab_disk() {
+  local t=$1 vt=$2 mib=$3 vmib=$4 ha=$5 hb=$6 n=$7
+  truncate -s "$(( 1 + 32 + 2 * (mib + vmib) + 64 + 1 ))M" "$tmp/disk.img"
+  sfdisk -q --no-reread --no-tell-kernel "$tmp/disk.img" <<SFDISK
+label: gpt
+unit: sectors
+first-lba: 2048
+size=32MiB, type=c12a7328-f81f-11d2-ba4b-00a0c93ec93b, name="esp"
+size=${mib}MiB, type=$t, name="appliance_1", attrs="GUID:60", uuid=$(as_uuid "${ha:0:32}")
+size=${vmib}MiB, type=$vt, name="appliance_1", uuid=$(as_uuid "${ha:32:32}")
+size=${mib}MiB, type=$t, name="appliance_2", attrs="GUID:60", uuid=$(as_uuid "${hb:0:32}")
+size=${vmib}MiB, type=$vt, name="appliance_2", uuid=$(as_uuid "${hb:32:32}")
+size=64MiB, type=4d21b016-b534-45c2-a9fb-5c16e091fd2d, name="data"
+SFDISK
+  sfdisk -J "$tmp/disk.img" > "$tmp/layout.json"
+  place "$tmp/$n-1.img" 1; place "$tmp/$n-verity-1.img" 2
+  place "$tmp/$n-2.img" 3; place "$tmp/$n-verity-2.img" 4
 }
 
 if [ ! -e "$disk" ]; then
@@ -108,23 +134,8 @@ if [ ! -e "$disk" ]; then
   hash_a=$(build_slot 1 "$tmp"); hash_b=$(build_slot 2 "$tmp")
   sed -i '/^IMAGE_ID=/d; /^IMAGE_VERSION=/d' "$rootfs/usr/lib/os-release"
   [ ${#hash_a} = 64 ] && [ ${#hash_b} = 64 ] || { log "veritysetup gave no root hash"; exit 1; }
-  total=$(( 1 + 32 + 2 * (root_mib + verity_mib) + 64 + 1 ))
-  truncate -s "${total}M" "$tmp/disk.img"
-  root_t=4f68bce3-e8cd-4db1-96e7-fbcaf984b709 verity_t=2c7357ed-ebd2-46d9-aec1-23d437ec2bf5
-  sfdisk -q --no-reread --no-tell-kernel "$tmp/disk.img" <<SFDISK
-label: gpt
-unit: sectors
-first-lba: 2048
-size=32MiB, type=c12a7328-f81f-11d2-ba4b-00a0c93ec93b, name="esp"
-size=${root_mib}MiB, type=$root_t, name="appliance_1", attrs="GUID:60", uuid=$(as_uuid "${hash_a:0:32}")
-size=${verity_mib}MiB, type=$verity_t, name="appliance_1", uuid=$(as_uuid "${hash_a:32:32}")
-size=${root_mib}MiB, type=$root_t, name="appliance_2", attrs="GUID:60", uuid=$(as_uuid "${hash_b:0:32}")
-size=${verity_mib}MiB, type=$verity_t, name="appliance_2", uuid=$(as_uuid "${hash_b:32:32}")
-size=64MiB, type=4d21b016-b534-45c2-a9fb-5c16e091fd2d, name="data"
-SFDISK
-  sfdisk -J "$tmp/disk.img" > "$tmp/layout.json"
-  place "$tmp/root-1.img" 1; place "$tmp/verity-1.img" 2
-  place "$tmp/root-2.img" 3; place "$tmp/verity-2.img" 4
+  ab_disk 4f68bce3-e8cd-4db1-96e7-fbcaf984b709 2c7357ed-ebd2-46d9-aec1-23d437ec2bf5 \
+    "$root_mib" "$verity_mib" "$hash_a" "$hash_b" root
   echo "$hash_a" > "$disk.roothash-a"; echo "$hash_b" > "$disk.roothash-b"
   mv "$tmp/layout.json" "$disk.layout.json"
   mv "$tmp/disk.img" "$disk"; rm -rf "$tmp"
@@ -132,19 +143,23 @@ fi
 
 # ---- usr disk: hermetic /usr A/B for the tmpfs-root layout ------------------
 # The image has no /etc: the guest's /etc is its factory copy in
-# /usr/share/factory/etc. Each usr slot is erofs (lz4hc) with its verity
-# partner; UUIDs derive from the usrhash as for root. No root partition.
-# Layout (MiB): ESP 32 | usr-A | usr-A-verity | usr-B | usr-B-verity | data 64
-usrkey=$(echo "$rootkey usr v1" | sha256sum | cut -c1-16)
+# /usr/share/factory/etc. Slot A is erofs (lz4hc), slot B squashfs (gzip),
+# each with its verity partner; UUIDs derive from the usrhash as for root.
+# No root partition.
+usrkey=$(echo "$rootkey usr v2" | sha256sum | cut -c1-16)
 usrdisk="$cache/usrdisk-$usrkey.img"
-usr_t=8484680c-9521-48c6-9c11-b0720656f69e usr_verity_t=77ff5f63-e7b6-4633-acf4-1565b864c0e6
 mib() { echo $(( ($(stat -c %s "$1") + 1048575) / 1048576 )); }
-# build_usr VERSION DIR: erofs + verity images of DIR/tree; prints the hash.
+# build_usr VERSION DIR: erofs (1) or squashfs (2) + verity images of
+# DIR/tree; prints the hash.
 build_usr() {
   local v=$1 dir=$2 osr="$2/tree/lib/os-release"
   sed -i '/^IMAGE_ID=/d; /^IMAGE_VERSION=/d' "$osr"
   printf 'IMAGE_ID=appliance\nIMAGE_VERSION=%s\n' "$v" >> "$osr"
-  mkfs.erofs --quiet -zlz4hc -T 0 -U "00000000-0000-4000-8000-00000000000$v" "$dir/usr-$v.img" "$dir/tree" >&2
+  if [ "$v" = 1 ]; then
+    mkfs.erofs --quiet -zlz4hc -T 0 -U "00000000-0000-4000-8000-00000000000$v" "$dir/usr-$v.img" "$dir/tree" >&2
+  else
+    mksquashfs "$dir/tree" "$dir/usr-$v.img" -comp gzip -noappend -quiet -mkfs-time 0 -all-time 0 >&2
+  fi
   veritysetup format "$dir/usr-$v.img" "$dir/usr-verity-$v.img" | sed -n 's/^Root hash:[[:space:]]*//p'
 }
 if [ ! -e "$usrdisk" ]; then
@@ -157,23 +172,48 @@ if [ ! -e "$usrdisk" ]; then
   [ ${#uhash_a} = 64 ] && [ ${#uhash_b} = 64 ] || { log "veritysetup gave no usr hash"; exit 1; }
   usr_mib=$(mib "$tmp/usr-2.img"); [ "$(mib "$tmp/usr-1.img")" -le "$usr_mib" ] || usr_mib=$(mib "$tmp/usr-1.img")
   uv_mib=$(( $(mib "$tmp/usr-verity-1.img") + 1 ))
-  truncate -s "$(( 1 + 32 + 2 * (usr_mib + uv_mib) + 64 + 1 ))M" "$tmp/disk.img"
-  sfdisk -q --no-reread --no-tell-kernel "$tmp/disk.img" <<SFDISK
-label: gpt
-unit: sectors
-first-lba: 2048
-size=32MiB, type=c12a7328-f81f-11d2-ba4b-00a0c93ec93b, name="esp"
-size=${usr_mib}MiB, type=$usr_t, name="appliance_1", attrs="GUID:60", uuid=$(as_uuid "${uhash_a:0:32}")
-size=${uv_mib}MiB, type=$usr_verity_t, name="appliance_1", uuid=$(as_uuid "${uhash_a:32:32}")
-size=${usr_mib}MiB, type=$usr_t, name="appliance_2", attrs="GUID:60", uuid=$(as_uuid "${uhash_b:0:32}")
-size=${uv_mib}MiB, type=$usr_verity_t, name="appliance_2", uuid=$(as_uuid "${uhash_b:32:32}")
-size=64MiB, type=4d21b016-b534-45c2-a9fb-5c16e091fd2d, name="data"
-SFDISK
-  sfdisk -J "$tmp/disk.img" > "$tmp/layout.json"
-  place "$tmp/usr-1.img" 1; place "$tmp/usr-verity-1.img" 2
-  place "$tmp/usr-2.img" 3; place "$tmp/usr-verity-2.img" 4
+  ab_disk 8484680c-9521-48c6-9c11-b0720656f69e 77ff5f63-e7b6-4633-acf4-1565b864c0e6 \
+    "$usr_mib" "$uv_mib" "$uhash_a" "$uhash_b" usr
   echo "$uhash_a" > "$usrdisk.usrhash-a"; echo "$uhash_b" > "$usrdisk.usrhash-b"
   mv "$tmp/disk.img" "$usrdisk"; rm -rf "$tmp"
+fi
+
+# ---- repart disk: the hermetic-/usr image laid out by systemd-repart --------
+# Made entirely by systemd-repart 257 from vm-tests/repart.d (ESP; usr A +
+# usr-verity with Verity=/VerityMatchKey=, erofs; an _empty B pair; a blank
+# data partition), offline and reproducibly (fixed --seed, SOURCE_DATE_EPOCH).
+# Bookworm's 252/254 cannot (repart-notes.md): 257 runs in a trixie root.
+REPART_PKGS=systemd-repart,erofs-utils,dosfstools,mtools,cryptsetup-bin
+repartroot="$cache/repart-root-$(echo "trixie $REPART_PKGS" | sha256sum | cut -c1-16)"
+if [ ! -e "$repartroot.done" ]; then
+  log "systemd-repart root (trixie, mmdebstrap)"
+  rm -rf "$repartroot"
+  mmdebstrap --quiet --variant=minbase --include="$REPART_PKGS" trixie "$repartroot" >&2
+  touch "$repartroot.done"
+fi
+repartkey=$(digest "$here"/repart.d/* <(echo "$rootkey $repartroot repart v1"))
+repartdisk="$cache/repartdisk-$repartkey.img"
+if [ ! -e "$repartdisk" ]; then
+  log "repart disk image (systemd-repart $(chroot "$repartroot" systemd-repart --version | head -1))"
+  work="$repartroot/work"; rm -rf "$work"; mkdir -p "$work/src" "$work/defs"
+  cp -a --reflink=auto "$rootfs/usr" "$work/src/usr"
+  mkdir -p "$work/src/usr/share/factory"
+  cp -a "$rootfs/etc" "$work/src/usr/share/factory/etc"
+  printf 'IMAGE_ID=appliance\nIMAGE_VERSION=1\n' >> "$work/src/usr/lib/os-release"
+  cp "$here"/repart.d/*.conf "$work/defs/"
+  # A private mount namespace: /proc in the chroot (repart needs it) goes
+  # away with it. The ESP gets 512-byte sectors (repart-notes.md).
+  unshare --mount --propagation private sh -c 'mount -t proc proc "$1/proc" &&
+    chroot "$1" env SOURCE_DATE_EPOCH=0 SYSTEMD_REPART_MKFS_OPTIONS_VFAT="-S 512" \
+      systemd-repart --empty=create --size=auto --offline=yes --definitions=/work/defs \
+        --copy-source=/work/src --seed=5f3e1c2a-8d4b-4e6f-9a0b-1c2d3e4f5a6b \
+        --dry-run=no --json=short /work/disk.img' sh "$repartroot" \
+    > "$work/repart.json" 2> "$work/repart.log" || { tail -20 "$work/repart.log" >&2; exit 1; }
+  # usrhash= is the usr partition's "roothash" in repart's JSON.
+  uhash=$(python3 -c 'import json,sys; print(next(p["roothash"] for p in json.load(open(sys.argv[1])) if p["type"] == "usr-x86-64" and p.get("roothash")))' "$work/repart.json")
+  [ ${#uhash} = 64 ] || { log "systemd-repart gave no usr root hash"; exit 1; }
+  echo "$uhash" > "$repartdisk.usrhash-a"
+  mv "$work/disk.img" "$repartdisk"; rm -rf "$work"
 fi
 
 # ---- initrd (depends on the root, the helper, the module, units, config) ----
@@ -200,20 +240,30 @@ if [ ! -e "$initrd" ]; then
   rm -rf "$stage" "$rootfs/etc/initrd-helper" "$rootfs/usr/lib/dracut/modules.d/90initrd-helper"
 fi
 
-# The same initrd with the tmpfs-layout config appended as a second cpio
-# archive (the kernel unpacks both; the later config.toml wins).
-usrinitrd="${initrd%.img}.usr.img"
-if [ ! -e "$usrinitrd" ] || [ "$here/config/usr.toml" -nt "$usrinitrd" ]; then
-  tmp="$cache/build-usr-initrd"; rm -rf "$tmp"; mkdir -p "$tmp/etc/initrd-helper"
-  install -m644 "$here/config/usr.toml" "$tmp/etc/initrd-helper/config.toml"
+# The same initrd with another layout's config (vm-tests/config/layout-NAME.toml)
+# appended as a second cpio archive: the kernel unpacks both, the later
+# config.toml wins. -> initrd-KEY.NAME.img
+layout_initrds=()
+for conf in "$here"/config/layout-*.toml; do
+  name=${conf##*/layout-}; name=${name%.toml}
+  extra="${initrd%.img}.$name.$(digest "$conf").img"
+  layout_initrds+=("$extra")
+  [ -e "$extra" ] && continue
+  tmp="$cache/build-initrd-$name"; rm -rf "$tmp"; mkdir -p "$tmp/etc/initrd-helper"
+  install -m644 "$conf" "$tmp/etc/initrd-helper/config.toml"
   (cd "$tmp" && find etc | sort | cpio -o -H newc -R 0:0 --quiet) > "$tmp/extra.cpio"
-  cat "$initrd" "$tmp/extra.cpio" > "$usrinitrd.tmp"
-  mv "$usrinitrd.tmp" "$usrinitrd"; rm -rf "$tmp"
-fi
+  cat "$initrd" "$tmp/extra.cpio" > "$extra.tmp"
+  mv "$extra.tmp" "$extra"; rm -rf "$tmp"
+done
 
 # Drop superseded builds (other keys) so the cache does not grow per change.
-for old in "$cache"/rootfs-* "$cache"/disk-*.img* "$cache"/usrdisk-*.img* "$cache"/initrd-*.img; do
-  case "$old" in "$rootfs"|"$rootfs.done"|"$disk"*|"$usrdisk"*|"$initrd"|"$usrinitrd") ;; *) rm -rf "$old" ;; esac
+# (build-* are the work dirs of builds that were cut short.)
+for old in "$cache"/rootfs-* "$cache"/repart-root-* "$cache"/disk-*.img* "$cache"/usrdisk-*.img* \
+  "$cache"/repartdisk-*.img* "$cache"/initrd-*.img "$cache"/build-*; do
+  case " $rootfs $rootfs.done $repartroot $repartroot.done $initrd ${layout_initrds[*]} " in
+    *" $old "*) continue ;;
+  esac
+  case "$old" in "$disk"*|"$usrdisk"*|"$repartdisk"*) ;; *) rm -rf "$old" ;; esac
 done
 
 out="$cache/current"
@@ -223,6 +273,10 @@ ln -sf "$initrd" "$out/initrd.img"
 ln -sf "$disk" "$out/disk.img"
 for f in roothash-a roothash-b layout.json; do ln -sf "$disk.$f" "$out/$f"; done
 ln -sf "$usrdisk" "$out/usr-disk.img"
-ln -sf "$usrinitrd" "$out/initrd-usr.img"
-for f in usrhash-a usrhash-b; do ln -sf "$usrdisk.$f" "$out/$f"; done
+ln -sf "$repartdisk" "$out/repart-disk.img"
+for f in usrhash-a usrhash-b; do ln -sf "$usrdisk.$f" "$out/usr-disk.img.$f"; done
+ln -sf "$repartdisk.usrhash-a" "$out/repart-disk.img.usrhash-a"
+for f in "${layout_initrds[@]}"; do
+  name=${f%.*.img}; ln -sf "$f" "$out/initrd-${name##*.}.img"
+done
 echo "$out" >&3

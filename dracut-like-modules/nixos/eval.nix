@@ -47,6 +47,13 @@ in
   initrd_bin = good.config.boot.initrd.systemd.initrdBin;
   modules = good.config.boot.initrd.availableKernelModules;
   root_fs = good.config.fileSystems."/";
+  has_usr_fs = good.config.fileSystems ? "/usr";
+  tmpfs = let t = eval { services.initrd-helper.settings.root.layout = "tmpfs"; }; in {
+    failed = failed t;
+    root_fs = t.config.fileSystems."/";
+    usr_fs = t.config.fileSystems."/usr";
+    config_toml = t.config.boot.initrd.systemd.contents."/etc/initrd-helper/config.toml".text;
+  };
   refused = {
     repart = failed (eval { boot.initrd.systemd.repart.enable = true; });
     etc_overlay = failed (eval { system.etc.overlay.enable = true; });

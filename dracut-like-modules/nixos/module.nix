@@ -14,8 +14,8 @@ let
   # The sections and keys initrd-helper's config.toml knows (the helper
   # itself refuses an unknown key at boot; refusing it here says so at build).
   known = {
-    root = [ "unverified" "mount_point" ];
-    etc = [ "overlay" "state_dir" ];
+    root = [ "layout" "tmpfs_options" "unverified" "mount_point" ];
+    etc = [ "overlay" "state_dir" "factory" ];
     devices = [ "timeout_secs" "disk" ];
     data = [ "enabled" "partition_type" "encryption" "pcrs" "grow" "mount_point" "mkfs_options" ];
   };
@@ -37,6 +37,13 @@ let
     else [ section ]) cfg.settings);
 
   dataEnabled = cfg.settings.data.enabled or true;
+  layout = cfg.settings.root.layout or "slot";
+  # What stage 2 finds mounted at / (README "Layouts").
+  rootFs = {
+    slot = { device = "/dev/mapper/root"; fsType = "ext4"; options = [ "ro" ]; };
+    tmpfs = { device = "none"; fsType = "tmpfs"; options = [ "mode=0755" ]; };
+    data = { device = "/dev/mapper/data"; fsType = "ext4"; options = [ "rw" ]; };
+  }.${layout} or (throw "services.initrd-helper.settings.root.layout: \"${layout}\" is none of slot, tmpfs, data");
   dataMountPoint = cfg.settings.data.mount_point or "/var";
 in
 {
@@ -74,10 +81,12 @@ in
         message = "services.initrd-helper mounts the data partition at ${dataMountPoint}: fileSystems.\"${dataMountPoint}\" names another device; remove it, or set settings.data.enabled = false."; }
     ];
 
-    # The helper mounts the verity root read-only itself; stage 2 sees it so.
-    fileSystems."/" = {
-      device = mkDefault "/dev/mapper/root";
-      fsType = mkDefault "ext4";
+    # The helper mounts / (and, but for the slot layout, /usr from the
+    # usrhash= slot) itself; stage 2 sees them so.
+    fileSystems."/" = lib.mapAttrs (_: mkDefault) rootFs;
+    fileSystems."/usr" = mkIf (layout != "slot") {
+      device = mkDefault "/dev/mapper/usr";
+      fsType = mkDefault "erofs";
       options = mkDefault [ "ro" ];
     };
 

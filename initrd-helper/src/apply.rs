@@ -108,6 +108,36 @@ fn tmpfs_root(target: &str, options: &str) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
+/// Copies the factory /etc into a writable root that has none: through a
+/// temporary name, so a cut copy is started over and never taken for /etc.
+fn etc_seed(from: &str, to: &str) -> Result<Outcome> {
+    // An empty directory is a mount point or a skeleton's, never a seeded /etc.
+    let empty = std::fs::read_dir(to).map(|mut d| d.next().is_none());
+    match (Path::new(to).symlink_metadata(), empty) {
+        (Err(_), _) => {}
+        (Ok(_), Ok(true)) => {
+            std::fs::remove_dir(to).with_context(|| format!("removing the empty {to}"))?
+        }
+        (Ok(_), _) => {
+            return Ok(Outcome::Skipped(format!(
+                "{to} exists (seeded on an earlier boot)"
+            )))
+        }
+    }
+    if !Path::new(from).is_dir() {
+        bail!(
+            "{from} is not a directory: the image has no factory /etc to seed {to} from (a \
+             hermetic /usr image must ship it there; see etc.factory)"
+        );
+    }
+    let tmp = format!("{to}.initrd-helper-seed");
+    let n = crate::skeleton::seed(Path::new(from), Path::new(&tmp), Path::new(to))
+        .with_context(|| format!("copying {from} to {to}"))?;
+    Ok(Outcome::Did(format!(
+        "seeded {to} from {from} ({n} entries)"
+    )))
+}
+
 fn etc_overlay(
     target: &str,
     lower: &str,
@@ -189,6 +219,10 @@ fn apply_step(step: &Step) -> Result<Outcome> {
         } => activate_verity(name, data, hash, roothash, options),
         Step::MountRoot(m) | Step::MountUsr(m) => mount_root(&m.source, &m.fstype, &m.target),
         Step::TmpfsRoot { target, options } => tmpfs_root(target, options),
+        Step::Skeleton { target } => crate::skeleton::create(Path::new(target))
+            .map(|()| Outcome::Done)
+            .with_context(|| format!("making the skeleton in {target}")),
+        Step::EtcSeed { from, to } => etc_seed(from, to),
         Step::EtcOverlay {
             target,
             lower,

@@ -42,12 +42,17 @@ pub enum Layout {
     /// A tmpfs, with /usr from the selected usr slot and /etc from the
     /// factory copy in /usr (`systemd.volatile=yes`, NixOS's verity store).
     Tmpfs,
+    /// The data partition (DPS root type by default): grown, LUKS2 + TPM2,
+    /// formatted at first boot, with /usr from the selected usr slot over
+    /// it and /etc seeded once from the factory copy (mkosi/ParticleOS's
+    /// `root=encrypted+absent`).
+    Data,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RootConfig {
-    /// `slot` (default) or `tmpfs`.
+    /// `slot` (default), `tmpfs` or `data`.
     pub layout: Layout,
     /// mount(8) options of the tmpfs root (layout `tmpfs`).
     pub tmpfs_options: String,
@@ -132,8 +137,9 @@ pub struct DataConfig {
     /// Provision and mount the data partition (the boot disk's partition of
     /// type `partition_type`). `false`: the helper never touches it.
     pub enabled: bool,
-    /// DPS type GUID of the data partition (default: `var`).
-    pub partition_type: crate::guid::Guid,
+    /// DPS type GUID of the data partition (default: `var`; `root` with
+    /// `root.layout = "data"`). See [`Config::data_partition_type`].
+    pub partition_type: Option<crate::guid::Guid>,
     /// `tpm2` (default) or `none`.
     pub encryption: Encryption,
     /// PCRs (sha256 bank) the volume secret is sealed to.
@@ -150,7 +156,7 @@ impl Default for DataConfig {
     fn default() -> Self {
         DataConfig {
             enabled: true,
-            partition_type: crate::dps::VAR,
+            partition_type: None,
             encryption: Encryption::Tpm2,
             pcrs: DEFAULT_PCRS.to_vec(),
             grow: true,
@@ -167,6 +173,18 @@ pub struct Config {
     pub etc: EtcConfig,
     pub devices: DevicesConfig,
     pub data: DataConfig,
+}
+
+impl Config {
+    /// The data partition's type: configured, else `root` when it is the
+    /// root (layout `data`), else `var`.
+    pub fn data_partition_type(&self) -> crate::guid::Guid {
+        match (self.data.partition_type, self.root.layout) {
+            (Some(t), _) => t,
+            (None, Layout::Data) => crate::dps::ROOT_X86_64,
+            (None, _) => crate::dps::VAR,
+        }
+    }
 }
 
 /// Parses config text; `path` is only used in error messages.
@@ -278,7 +296,11 @@ mod tests {
         .unwrap()
         .data;
         assert_eq!((d.encryption, d.pcrs), (Encryption::None, vec![0, 7]));
-        assert_eq!(d.partition_type, crate::dps::LINUX_GENERIC);
+        assert_eq!(d.partition_type, Some(crate::dps::LINUX_GENERIC));
+        let mut c = Config::default();
+        assert_eq!(c.data_partition_type(), crate::dps::VAR);
+        c.root.layout = Layout::Data;
+        assert_eq!(c.data_partition_type(), crate::dps::ROOT_X86_64);
     }
 
     #[test]
@@ -294,7 +316,7 @@ mod tests {
             "[data]\npcrs = [24]\n",
             "[data]\nencryption = \"luks1\"\n",
             "[data]\nmount_point = \"var\"\n",
-            "[root]\nlayout = \"data\"\n",
+            "[root]\nlayout = \"persistent\"\n",
             "[root]\ntmpfs_options = \"size=1G mode=0755\"\n",
             "[etc]\nfactory = \"usr/share/factory/etc\"\n",
             "not toml at all [",

@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 
 /// The recovery key hand-off: read by the OS (escrow), then deleted by it.
 pub const RECOVERY_KEY_FILE: &str = "/run/initrd-helper/recovery-key";
-/// On the data file system: the ID of the last factory reset done.
-const RESET_FILE: &str = "lib/initrd-helper/factory-reset";
+/// In the data step's state directory: the ID of the last factory reset done.
+const RESET_FILE: &str = "factory-reset";
 /// At least this much is zeroed at the partition's start before a format:
 /// LUKS2's default header + keyslot area, and every fs superblock there.
 const WIPE_BYTES: u64 = 16 << 20;
@@ -54,7 +54,7 @@ fn open_or_reset(d: &DataStep) -> Result<String> {
         mount(d)
     });
     let done = match (&opened, &d.reset) {
-        (Ok(()), Some(_)) => std::fs::read_to_string(Path::new(&d.target).join(RESET_FILE)).ok(),
+        (Ok(()), Some(_)) => std::fs::read_to_string(Path::new(&d.state).join(RESET_FILE)).ok(),
         _ => None,
     };
     let decision = reset::decide(d.reset.as_deref(), opened.is_ok(), done.as_deref());
@@ -173,7 +173,7 @@ fn measure(event: &[u8; 32]) -> Result<()> {
 /// even with the same ID, resets again. (A failure here only means a
 /// repeated request would be skipped, so it is a warning.)
 fn forget_reset(d: &DataStep) {
-    let f = Path::new(&d.target).join(RESET_FILE);
+    let f = Path::new(&d.state).join(RESET_FILE);
     match std::fs::remove_file(&f) {
         Ok(()) => {
             log::info!("factory reset: no request on this boot; the next one will be honoured")
@@ -315,7 +315,7 @@ fn provision_volume(d: &DataStep) -> Result<String> {
     timed("mkfs.ext4", || disk_write::mkfs_ext4(&dev, &d.mkfs_options))?;
     mount(d)?;
     if let Some(id) = &d.reset {
-        let f = Path::new(&d.target).join(RESET_FILE);
+        let f = Path::new(&d.state).join(RESET_FILE);
         crate::machine_id::write(&f, &format!("{id}\n"))
             .with_context(|| format!("recording the factory reset in {}", f.display()))?;
     }

@@ -45,7 +45,7 @@ pub fn plan_with_wait(
 ) -> Result<(plan::Plan, facts::Facts)> {
     let deadline = Instant::now() + Duration::from_secs(i.cfg.devices.timeout_secs.into());
     let mut said = false;
-    let probe_type = i.cfg.data.enabled.then_some(i.cfg.data.partition_type);
+    let probe_type = i.cfg.data.enabled.then(|| i.cfg.data_partition_type());
     let mut tpm = facts::TpmFacts::Absent;
     // A disk image says nothing about the firmware of the machine it is for.
     let (loader_partuuid, product_uuid) = if images.is_empty() {

@@ -1,7 +1,8 @@
 //! The skeleton of a tmpfs root around a hermetic /usr: the usr-merge
 //! links (/bin -> usr/bin, ...), the mount points stage 2 mounts its API
 //! file systems on, and /etc, /var, /root. Only what is missing is made,
-//! so a restarted unit (or an existing directory) is left as it is.
+//! so a restarted unit (or an existing directory) is left as it is; and
+//! the one-time copy of the factory /etc into a writable root.
 
 use std::io;
 use std::os::unix::fs::{symlink, DirBuilderExt, PermissionsExt};
@@ -48,6 +49,60 @@ pub fn create(root: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Copies the tree `from` to `tmp` (a stale `tmp` from a cut copy is
+/// removed first), syncs it, then renames it to `to`: `to` appears whole
+/// or not at all. Modes and owners are kept; returns the entries copied.
+pub fn seed(from: &Path, tmp: &Path, to: &Path) -> io::Result<u64> {
+    if tmp.symlink_metadata().is_ok() {
+        std::fs::remove_dir_all(tmp)?;
+    }
+    let n = copy_tree(from, tmp)?;
+    sync_dir(tmp)?;
+    std::fs::rename(tmp, to)?;
+    if let Some(parent) = to.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(n)
+}
+
+fn sync_dir(p: &Path) -> io::Result<()> {
+    std::fs::File::open(p)?.sync_all()
+}
+
+/// Directories, regular files and symlinks; anything else (a device node
+/// or socket has no business in a factory /etc) is an error.
+fn copy_tree(from: &Path, to: &Path) -> io::Result<u64> {
+    use std::os::unix::fs::{lchown, MetadataExt};
+    let meta = from.symlink_metadata()?;
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        symlink(std::fs::read_link(from)?, to)?;
+    } else if ft.is_file() {
+        std::fs::copy(from, to)?;
+    } else if ft.is_dir() {
+        std::fs::create_dir(to)?;
+        let mut n = 0;
+        for e in std::fs::read_dir(from)? {
+            let e = e?;
+            n += copy_tree(&e.path(), &to.join(e.file_name()))?;
+        }
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        lchown(to, Some(meta.uid()), Some(meta.gid()))?;
+        return Ok(n + 1);
+    } else {
+        return Err(io::Error::other(format!(
+            "{} is neither a file, a directory nor a symlink",
+            from.display()
+        )));
+    }
+    lchown(to, Some(meta.uid()), Some(meta.gid()))?;
+    if ft.is_file() {
+        // After the chown, which clears set-id bits.
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    }
+    Ok(1)
 }
 
 #[cfg(test)]

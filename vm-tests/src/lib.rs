@@ -34,9 +34,11 @@ impl Artifacts {
         self.hash_file(&format!("roothash-{slot}"))
     }
 
-    /// The usr slot's hash (`a` or `b`) of the hermetic-/usr image.
+    /// The usr slot's hash (`a` or `b`) of a hermetic-/usr image (in
+    /// DISK.usrhash-SLOT beside it).
     pub fn usrhash(&self, slot: &str) -> String {
-        self.hash_file(&format!("usrhash-{slot}"))
+        let name = self.disk.file_name().unwrap_or_default().to_string_lossy();
+        self.hash_file(&format!("{name}.usrhash-{slot}"))
     }
 
     fn hash_file(&self, name: &str) -> String {
@@ -48,13 +50,23 @@ impl Artifacts {
     }
 
     /// The hermetic-/usr image (usr A/B, no root slot) and the initrd
-    /// with the tmpfs-layout config (build-image.sh's "usr disk").
-    pub fn usr_from_env() -> Artifacts {
-        let a = Artifacts::from_env();
+    /// with `root.layout = LAYOUT`'s config (build-image.sh's "usr disk"
+    /// and vm-tests/config/layout-LAYOUT.toml).
+    pub fn usr_from_env(layout: &str) -> Artifacts {
+        Artifacts::from_env().with(layout, "usr-disk.img")
+    }
+
+    /// The same /usr laid out by systemd-repart from vm-tests/repart.d,
+    /// with the tmpfs layout's initrd.
+    pub fn repart_from_env() -> Artifacts {
+        Artifacts::from_env().with("tmpfs", "repart-disk.img")
+    }
+
+    fn with(self, layout: &str, disk: &str) -> Artifacts {
         Artifacts {
-            initrd: a.initrd.with_file_name("initrd-usr.img"),
-            disk: a.disk.with_file_name("usr-disk.img"),
-            kernel: a.kernel,
+            initrd: self.initrd.with_file_name(format!("initrd-{layout}.img")),
+            disk: self.disk.with_file_name(disk),
+            kernel: self.kernel,
         }
     }
 

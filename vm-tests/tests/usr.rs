@@ -1,34 +1,54 @@
-//! VM scenarios of the hermetic-/usr layout (`root.layout = "tmpfs"`): /
-//! is a tmpfs, /usr is the `usrhash=` slot through dm-verity `usr`
-//! (erofs), /etc an overlay over the factory copy in /usr, and the data
-//! partition (LUKS2 + TPM2) at /var. The image has no root partition.
+//! VM scenarios of the hermetic-/usr image (no root partition): layout
+//! `tmpfs` (/ a tmpfs, /etc an overlay over the factory copy in /usr, the
+//! data partition at /var) and `data` (/ the encrypted data partition);
+//! /usr is the `usrhash=` slot through dm-verity `usr` (erofs; squashfs in
+//! the hand-built image's slot B).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use vm_tests::{boot, is_machine_id, Artifacts, Boot, BootOpts, Scratch};
 
-/// Boots the usr image with `usrhash=` of `slot` plus `extra`; the report.
-fn boot_usr(
-    a: &Artifacts,
-    s: &Scratch,
-    disk: &std::path::Path,
-    name: &str,
-    slot: &str,
-    extra: &str,
-    snapshot: bool,
-) -> (Boot, BTreeMap<String, String>) {
-    let append = format!("ih_test.poweroff usrhash={} {extra}", a.usrhash(slot));
-    let b = boot(
-        a,
-        &BootOpts {
-            append: &append,
-            snapshot,
-            ..BootOpts::new(name, disk, &s.0)
-        },
-    );
-    b.check(b.reached, "the guest report never appeared");
-    let r = b.report();
-    (b, r)
+/// One test's disk (a writable copy, or the image itself under QEMU's
+/// `-snapshot`) and its swtpm state.
+struct Machine {
+    a: Artifacts,
+    s: Scratch,
+    disk: PathBuf,
+    writable: bool,
+}
+
+impl Machine {
+    fn new(a: Artifacts, name: &str, writable: bool) -> Machine {
+        let s = Scratch::new(name);
+        let disk = if writable {
+            s.copy_disk(&a.disk)
+        } else {
+            a.disk.clone()
+        };
+        Machine {
+            a,
+            s,
+            disk,
+            writable,
+        }
+    }
+
+    /// Boots with `usrhash=` of `slot` plus `extra`; the report.
+    fn boot(&self, name: &str, slot: &str, extra: &str) -> (Boot, Report) {
+        let append = format!("ih_test.poweroff usrhash={} {extra}", self.a.usrhash(slot));
+        let b = boot(
+            &self.a,
+            &BootOpts {
+                append: &append,
+                snapshot: !self.writable,
+                ..BootOpts::new(name, &self.disk, &self.s.0)
+            },
+        );
+        b.check(b.reached, "the guest report never appeared");
+        let r = b.report();
+        (b, r)
+    }
 }
 
 /// The helper's console lines with `needle` (not the report's journal copy).
@@ -39,19 +59,73 @@ fn console_lines(b: &Boot, needle: &str) -> Vec<String> {
         .collect()
 }
 
-/// What every boot of the layout shows, whichever slot.
-fn check_layout(b: &Boot, r: &BTreeMap<String, String>, a: &Artifacts, slot: &str) {
-    b.check(r["root_fstype"] == "tmpfs", "/ is not a tmpfs");
-    b.check(r["root_write"] == "ok", "the tmpfs / is not writable");
-    b.check(
-        r["root_probe_existed"] == "no",
-        "/ kept a file from an earlier boot",
+type Report = BTreeMap<String, String>;
+
+/// Each `(key, value, what is wrong otherwise)` holds in the report.
+fn expect(b: &Boot, r: &Report, cases: &[(&str, &str, &str)]) {
+    for (key, want, wrong) in cases {
+        let got = r.get(*key).map(String::as_str);
+        b.check(got == Some(*want), &format!("{wrong} ({key}={got:?})"));
+    }
+}
+
+/// What every boot of the tmpfs layout shows, whichever slot.
+fn check_layout(b: &Boot, r: &Report, a: &Artifacts, slot: &str) {
+    expect(
+        b,
+        r,
+        &[
+            ("root_fstype", "tmpfs", "/ is not a tmpfs"),
+            ("root_write", "ok", "the tmpfs / is not writable"),
+            (
+                "root_probe_existed",
+                "no",
+                "/ kept a file from an earlier boot",
+            ),
+            ("etc_fstype", "overlay", "/etc is not an overlay"),
+            (
+                "etc_lower",
+                "/sysroot/usr/share/factory/etc",
+                "the /etc overlay's lower layer is not the factory copy",
+            ),
+            (
+                "etc_probe_existed",
+                "no",
+                "/etc kept a file from an earlier boot",
+            ),
+        ],
     );
-    b.check(
-        r["usr_source"] == "/dev/mapper/usr",
-        "/usr is not dm-verity usr",
+    check_usr(b, r, a, slot, &["tmpfs-root", "mount-usr", "etc-overlay"]);
+}
+
+/// /usr is slot `slot` through dm-verity, the factory /etc is in use, and
+/// each of `steps` was done once.
+fn check_usr(b: &Boot, r: &Report, a: &Artifacts, slot: &str, steps: &[&str]) {
+    // The hand-built image's B slot is squashfs; every A slot erofs.
+    let (fstype, version) = if slot == "a" {
+        ("erofs", "1")
+    } else {
+        ("squashfs", "2")
+    };
+    expect(
+        b,
+        r,
+        &[
+            ("usr_source", "/dev/mapper/usr", "/usr is not dm-verity usr"),
+            ("usr_fstype", fstype, "/usr is not the slot's file system"),
+            (
+                "image_version",
+                version,
+                "/usr/lib/os-release is not the slot's",
+            ),
+            (
+                "hostname",
+                "appliance",
+                "the factory /etc's hostname is not in use",
+            ),
+            ("failed_units", "", "failed units in the booted system"),
+        ],
     );
-    b.check(r["usr_fstype"] == "erofs", "/usr is not the erofs slot");
     b.check(
         r["usr_options"].split(',').next() == Some("ro"),
         "/usr is not read-only",
@@ -70,33 +144,11 @@ fn check_layout(b: &Boot, r: &BTreeMap<String, String>, a: &Artifacts, slot: &st
         r["usr_dm_slaves"].split_whitespace().collect::<Vec<_>>() == [data, verity],
         &format!("dm-verity usr is not over {data} and {verity}"),
     );
-    let version = if slot == "a" { "1" } else { "2" };
-    b.check(
-        r["image_version"] == version,
-        &format!("/usr/lib/os-release is not slot {slot}'s"),
-    );
-    b.check(r["etc_fstype"] == "overlay", "/etc is not an overlay");
-    b.check(
-        r["etc_lower"] == "/sysroot/usr/share/factory/etc",
-        "the /etc overlay's lower layer is not the factory copy",
-    );
-    b.check(
-        r["hostname"] == "appliance",
-        "the factory /etc's hostname is not in use",
-    );
-    b.check(
-        r["etc_probe_existed"] == "no",
-        "/etc kept a file from an earlier boot",
-    );
     b.check(
         is_machine_id(&r["machine_id"]),
         "/etc/machine-id is not 32 hex digits",
     );
-    b.check(
-        r["failed_units"].is_empty(),
-        "failed units in the booted system",
-    );
-    for step in ["tmpfs-root", "mount-usr", "etc-overlay"] {
+    for step in steps {
         let lines = console_lines(b, &format!("step {step}: done in"));
         b.check(lines.len() == 1, &format!("no 'step {step}: done' line"));
     }
@@ -114,35 +166,36 @@ fn check_layout(b: &Boot, r: &BTreeMap<String, String>, a: &Artifacts, slot: &st
 #[test]
 #[ignore = "VM test: run through `make test`"]
 fn vm_usr_tmpfs_root() {
-    let a = Artifacts::usr_from_env();
-    let s = Scratch::new("usr_tmpfs_root");
-    let disk = s.copy_disk(&a.disk);
-    let (b1, r1) = boot_usr(
-        &a,
-        &s,
-        &disk,
-        "first",
-        "a",
-        "ih_test.write=kept-on-var",
-        false,
+    let m = Machine::new(Artifacts::usr_from_env("tmpfs"), "usr_tmpfs_root", true);
+    let (b1, r1) = m.boot("first", "a", "ih_test.write=kept-on-var");
+    check_layout(&b1, &r1, &m.a, "a");
+    expect(
+        &b1,
+        &r1,
+        &[
+            (
+                "data_source",
+                "/dev/mapper/data",
+                "/var is not the data volume",
+            ),
+            ("data_fstype", "ext4", "/var is not ext4"),
+            (
+                "luks_token_type",
+                "\"systemd-tpm2\"",
+                "no systemd-tpm2 token",
+            ),
+            ("data_write", "ok", "writing to /var failed"),
+        ],
     );
-    check_layout(&b1, &r1, &a, "a");
-    b1.check(
-        r1["data_source"] == "/dev/mapper/data",
-        "/var is not the data volume",
-    );
-    b1.check(r1["data_fstype"] == "ext4", "/var is not ext4");
-    b1.check(
-        r1["luks_token_type"] == "\"systemd-tpm2\"",
-        "no systemd-tpm2 token",
-    );
-    b1.check(r1["data_write"] == "ok", "writing to /var failed");
-    let (b2, r2) = boot_usr(&a, &s, &disk, "second", "a", "", false);
-    check_layout(&b2, &r2, &a, "a");
-    b2.check(r2["data_probe"] == "kept-on-var", "/var lost its file");
-    b2.check(
-        r2["machine_id"] == r1["machine_id"],
-        "the machine-id changed between boots",
+    let (b2, r2) = m.boot("second", "a", "");
+    check_layout(&b2, &r2, &m.a, "a");
+    expect(
+        &b2,
+        &r2,
+        &[
+            ("data_probe", "kept-on-var", "/var lost its file"),
+            ("machine_id", &r1["machine_id"], "the machine-id changed"),
+        ],
     );
     b2.check(
         console_lines(&b2, "step data: done")
@@ -156,8 +209,148 @@ fn vm_usr_tmpfs_root() {
 #[test]
 #[ignore = "VM test: run through `make test`"]
 fn vm_usr_slot_b() {
-    let a = Artifacts::usr_from_env();
-    let s = Scratch::new("usr_slot_b");
-    let (b, r) = boot_usr(&a, &s, &a.disk, "slot_b", "b", "", true);
-    check_layout(&b, &r, &a, "b");
+    let m = Machine::new(Artifacts::usr_from_env("tmpfs"), "usr_slot_b", false);
+    let (b, r) = m.boot("slot_b", "b", "");
+    check_layout(&b, &r, &m.a, "b");
+}
+
+/// `root.layout = "data"`: the data partition (DPS root type) is `/`,
+/// made (grown, LUKS2 + TPM2, ext4) at first boot with /etc seeded from
+/// the factory copy; the second boot keeps what the first wrote in /root,
+/// /etc and /var; a factory reset empties / and makes a new machine-id.
+#[test]
+#[ignore = "VM test: run through `make test`"]
+fn vm_root_on_data() {
+    let m = Machine::new(Artifacts::usr_from_env("data"), "root_on_data", true);
+    // The image's blank data partition, retyped as the root it becomes,
+    // and room to grow into.
+    let ok = std::process::Command::new("sfdisk")
+        .args(["-q", "--part-type"])
+        .arg(&m.disk)
+        .args(["6", "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "sfdisk --part-type failed");
+    vm_tests::enlarge(&m.disk, 1 << 30);
+    let (b1, r1) = m.boot("first", "a", "ih_test.write=kept-on-root");
+    check_data_root(&b1, &r1, &m.a);
+    expect(
+        &b1,
+        &r1,
+        &[
+            ("root_probe_existed", "no", "a new root had /ih-probe"),
+            ("home_write", "ok", "writing to /root failed"),
+            ("etc_write", "ok", "writing to /etc failed"),
+        ],
+    );
+    b1.check(
+        r1["data_part_size"].parse::<u64>().unwrap_or(0) > 512 << 20,
+        "the root partition did not grow into the disk",
+    );
+    let seeded = console_lines(&b1, "step etc-seed: done");
+    b1.check(
+        seeded.len() == 1 && seeded[0].contains("seeded /sysroot/etc"),
+        "the first boot did not seed /etc",
+    );
+    let (b2, r2) = m.boot("second", "a", "");
+    check_data_root(&b2, &r2, &m.a);
+    expect(
+        &b2,
+        &r2,
+        &[
+            ("root_probe_existed", "yes", "/ lost /ih-probe"),
+            ("home_probe", "kept-on-root", "/root lost its file"),
+            ("etc_probe_existed", "yes", "/etc lost its file"),
+            ("data_probe", "kept-on-root", "/var lost its file"),
+            ("machine_id", &r1["machine_id"], "the machine-id changed"),
+        ],
+    );
+    b2.check(
+        console_lines(&b2, "step etc-seed: skipped").len() == 1,
+        "the second boot did not keep /etc",
+    );
+    let (b3, r3) = m.boot("reset", "a", "systemd.factory_reset=1");
+    check_data_root(&b3, &r3, &m.a);
+    expect(
+        &b3,
+        &r3,
+        &[
+            ("root_probe_existed", "no", "the reset kept /ih-probe"),
+            ("home_probe", "", "the reset kept /root's file"),
+            ("etc_probe_existed", "no", "the reset kept /etc's file"),
+        ],
+    );
+    b3.check(
+        r3["luks_uuid"] != r1["luks_uuid"],
+        "the reset kept the LUKS volume",
+    );
+    b3.check(
+        r3["machine_id"] != r1["machine_id"],
+        "the reset kept the machine-id",
+    );
+}
+
+fn check_data_root(b: &Boot, r: &Report, a: &Artifacts) {
+    expect(
+        b,
+        r,
+        &[
+            (
+                "root_source",
+                "/dev/mapper/data",
+                "/ is not the data volume",
+            ),
+            ("root_fstype", "ext4", "/ is not ext4"),
+            ("root_write", "ok", "writing to / failed"),
+            (
+                "luks_token_type",
+                "\"systemd-tpm2\"",
+                "no systemd-tpm2 token",
+            ),
+            (
+                "etc_fstype",
+                "",
+                "/etc is a mount of its own, not the root's",
+            ),
+        ],
+    );
+    b.check(
+        r["root_options"].split(',').next() == Some("rw"),
+        "/ is not writable",
+    );
+    check_usr(
+        b,
+        r,
+        a,
+        "a",
+        &["data", "skeleton", "mount-usr", "machine-id"],
+    );
+}
+
+/// The image systemd-repart 257 laid out from vm-tests/repart.d (never by
+/// hand) boots with nothing but the layout choice: the usr partition's
+/// `roothash` from repart's JSON is the `usrhash=`.
+#[test]
+#[ignore = "VM test: run through `make test`"]
+fn vm_repart_image() {
+    let m = Machine::new(Artifacts::repart_from_env(), "repart_image", false);
+    let (b, r) = m.boot("repart", "a", "");
+    check_layout(&b, &r, &m.a, "a");
+    expect(
+        &b,
+        &r,
+        &[
+            (
+                "data_source",
+                "/dev/mapper/data",
+                "repart's blank data partition is not the data volume at /var",
+            ),
+            (
+                "luks_token_type",
+                "\"systemd-tpm2\"",
+                "no systemd-tpm2 token",
+            ),
+        ],
+    );
 }

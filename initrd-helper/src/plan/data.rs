@@ -3,7 +3,10 @@
 
 use super::{DataAction, DataStep, PlanError, Step, DATA_NAME, IN_PROGRESS_BIT};
 use crate::cmdline::Cmdline;
-use crate::config::{Config, Encryption};
+use crate::config::{Config, Encryption, Layout};
+
+/// Our state directory, relative to the root.
+const STATE_DIR: &str = "var/lib/initrd-helper";
 use crate::dps;
 use crate::facts::{DiskFacts, Facts, PartitionFacts, TpmFacts};
 use crate::sys::blkid::Signature;
@@ -13,7 +16,7 @@ fn data_partition<'d>(
     disk: &'d DiskFacts,
     cfg: &Config,
 ) -> Result<Option<&'d PartitionFacts>, PlanError> {
-    let t = cfg.data.partition_type;
+    let t = cfg.data_partition_type();
     let found: Vec<&PartitionFacts> = disk
         .partitions
         .iter()
@@ -107,7 +110,9 @@ pub(super) fn data_step(
     let Some(p) = data_partition(disk, cfg)? else {
         warnings.push(format!(
             "the boot disk {} has no data partition (type {}): {} stays as the image has it",
-            disk.name, cfg.data.partition_type, cfg.data.mount_point
+            disk.name,
+            cfg.data_partition_type(),
+            cfg.data.mount_point
         ));
         return Ok(None);
     };
@@ -136,6 +141,16 @@ pub(super) fn data_step(
         warnings.push(format!("{dev} is not the last partition: it is not grown"));
     }
     let root = cfg.root.mount_point.trim_end_matches('/');
+    // The data partition is the root itself, or mounted inside it; our
+    // state lives in its var/lib (the root's /var/lib in both defaults).
+    let (target, state) = match cfg.root.layout {
+        Layout::Data => (cfg.root.mount_point.clone(), format!("{root}/{STATE_DIR}")),
+        Layout::Slot | Layout::Tmpfs => {
+            let t = format!("{root}{}", cfg.data.mount_point.trim_end_matches('/'));
+            let state = format!("{t}/{}", STATE_DIR.trim_start_matches("var/"));
+            (t, state)
+        }
+    };
     Ok(Some(Step::Data(DataStep {
         disk: disk.dev.clone(),
         number: p.gpt.number,
@@ -145,7 +160,8 @@ pub(super) fn data_step(
         grow: cfg.data.grow && is_last,
         disk_growth: disk_growth(disk),
         name: DATA_NAME.into(),
-        target: format!("{root}{}", cfg.data.mount_point.trim_end_matches('/')),
+        target,
+        state,
         action,
         reset,
         mkfs_options: cfg.data.mkfs_options.clone(),

@@ -27,8 +27,10 @@ pub enum PlanError {
     UnverifiedRefused { key: &'static str, verity_off: bool },
     #[error("{key}{hash} is not 32 to 64 bytes of hex")]
     BadRootHash { key: &'static str, hash: String },
-    #[error("root.layout = \"tmpfs\" makes / a tmpfs, but the kernel command line carries roothash=: refusing to leave a verified root unused (drop roothash= or use root.layout = \"slot\")")]
-    RootHashWithTmpfs,
+    #[error("root.layout = \"{0}\" takes / from no root slot, but the kernel command line carries roothash=: refusing to leave a verified root unused (drop roothash= or use root.layout = \"slot\")")]
+    RootHashUnused(&'static str),
+    #[error("root.layout = \"data\" makes the data partition /, but {0}: refusing to boot without a root (give the boot disk a blank partition of type {1}, or set data.enabled = true)")]
+    NoDataRoot(String, crate::guid::Guid),
     #[error("the boot disk {disk} has no {what}")]
     MissingPartition { disk: String, what: String },
     #[error("{dev} ({what}) has partition type {found}, expected {expected}")]

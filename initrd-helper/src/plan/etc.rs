@@ -8,23 +8,32 @@ use crate::config::{Config, Layout};
 use crate::facts::Facts;
 use crate::machine_id;
 
-/// The overlay and machine-id steps; `data_target`: where the data
-/// partition is mounted, if there is one.
+/// The /etc and machine-id steps; `data_state`: our state directory on
+/// the data partition, if there is one.
 pub(super) fn etc_steps(
     cmd: &Cmdline,
     cfg: &Config,
     facts: &Facts,
-    data_target: Option<&str>,
+    data_state: Option<&str>,
     warnings: &mut Vec<String>,
 ) -> Vec<Step> {
     let root = cfg.root.mount_point.trim_end_matches('/');
     let mut steps = Vec::new();
     // A hermetic /usr image has no /etc: its factory copy is the lower layer.
+    let factory = format!("{root}{}", cfg.etc.factory.trim_end_matches('/'));
     let lower = match cfg.root.layout {
         Layout::Slot => format!("{root}/etc"),
-        Layout::Tmpfs => format!("{root}{}", cfg.etc.factory.trim_end_matches('/')),
+        Layout::Tmpfs => factory,
+        // A writable root keeps its own /etc, seeded once from the factory.
+        Layout::Data => {
+            steps.push(Step::EtcSeed {
+                from: factory,
+                to: format!("{root}/etc"),
+            });
+            String::new()
+        }
     };
-    if cfg.etc.overlay {
+    if cfg.etc.overlay && cfg.root.layout != Layout::Data {
         let state = cfg.etc.state_dir.trim_end_matches('/');
         steps.push(Step::EtcOverlay {
             target: format!("{root}/etc"),
@@ -50,13 +59,13 @@ pub(super) fn etc_steps(
             )),
         ),
     };
-    let (source, warning) = match (&cmd.machine_id, data_target) {
+    let (source, warning) = match (&cmd.machine_id, data_state) {
         (Some(MachineIdArg::Fixed(id)), _) => {
             (MachineIdSource::KernelCommandLine(id.clone()), None)
         }
         (Some(MachineIdArg::Firmware), _) | (None, None) => firmware(),
-        (None, Some(t)) => (
-            MachineIdSource::Persisted(format!("{t}/{MACHINE_ID_FILE}")),
+        (None, Some(state)) => (
+            MachineIdSource::Persisted(format!("{state}/machine-id")),
             None,
         ),
     };
@@ -67,10 +76,6 @@ pub(super) fn etc_steps(
     });
     steps
 }
-
-/// Where the machine ID lives on the data file system (with the default
-/// mount point: /var/lib/initrd-helper/machine-id).
-pub const MACHINE_ID_FILE: &str = "lib/initrd-helper/machine-id";
 
 #[cfg(test)]
 mod tests {

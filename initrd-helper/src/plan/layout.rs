@@ -1,11 +1,12 @@
 //! What `/` is (`root.layout`): the selected root slot, with a `usrhash=`
-//! slot over its /usr, or a tmpfs around the selected usr slot.
+//! slot over its /usr; or a tmpfs, or the data partition, around the
+//! selected usr slot.
 
 use super::slot::plan_unverified;
 use super::verity::{plan_verity, verity_steps};
 use super::{PlanError, Step};
 use crate::cmdline::Cmdline;
-use crate::config::Config;
+use crate::config::{Config, Layout};
 use crate::dps::SlotKind;
 use crate::facts::{DiskFacts, Facts};
 
@@ -38,15 +39,22 @@ pub(super) fn slot_layout<'f>(
     Ok((disk, steps))
 }
 
-/// `/` is a tmpfs; /usr is the selected usr slot (verified with
-/// `usrhash=`, else the newest when unverified slots are allowed).
-pub(super) fn tmpfs_layout<'f>(
+/// `/` is a tmpfs (`tmpfs`) or the data partition (`data`: its steps are
+/// placed by the caller, before the last, the /usr mount); /usr is the
+/// selected usr slot (verified with `usrhash=`, else the newest when
+/// unverified slots are allowed).
+pub(super) fn usr_layout<'f>(
     facts: &'f Facts,
     cmd: &Cmdline,
     cfg: &Config,
 ) -> Result<(&'f DiskFacts, Vec<Step>), PlanError> {
+    let tmpfs = cfg.root.layout == Layout::Tmpfs;
     if cmd.verity_for(SlotKind::Root).hash.is_some() {
-        return Err(PlanError::RootHashWithTmpfs);
+        return Err(PlanError::RootHashUnused(if tmpfs {
+            "tmpfs"
+        } else {
+            "data"
+        }));
     }
     let wanted = cmd.disk.or(cfg.devices.disk);
     let root = cfg.root.mount_point.trim_end_matches('/');
@@ -63,6 +71,9 @@ pub(super) fn tmpfs_layout<'f>(
             &target,
         )?,
     };
+    if !tmpfs {
+        return Ok((disk, steps));
+    }
     // The tmpfs goes up just before /usr is mounted into it.
     let at = steps.len().saturating_sub(1);
     steps.insert(
@@ -75,10 +86,36 @@ pub(super) fn tmpfs_layout<'f>(
     Ok((disk, steps))
 }
 
+/// Layout `data`: the data step mounts `/`, the skeleton is made on it,
+/// and only then is /usr (the last of `usr_steps`) mounted into it.
+pub(super) fn data_root(
+    disk: &DiskFacts,
+    cfg: &Config,
+    mut usr_steps: Vec<Step>,
+    data: Option<Step>,
+) -> Result<Vec<Step>, PlanError> {
+    let t = cfg.data_partition_type();
+    let data = data.ok_or_else(|| {
+        let why = if cfg.data.enabled {
+            format!("the boot disk {} has no partition of type {t}", disk.name)
+        } else {
+            "data.enabled = false".to_string()
+        };
+        PlanError::NoDataRoot(why, t)
+    })?;
+    let mount_usr = usr_steps.pop();
+    usr_steps.push(data);
+    usr_steps.push(Step::Skeleton {
+        target: cfg.root.mount_point.clone(),
+    });
+    usr_steps.extend(mount_usr);
+    Ok(usr_steps)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Layout, Unverified};
+    use crate::config::Unverified;
     use crate::dps;
     use crate::facts::FsKind;
     use crate::plan::testutil::*;
@@ -202,6 +239,63 @@ mod tests {
     }
 
     #[test]
+    fn data_layout_makes_the_encrypted_root_then_mounts_usr_into_it() {
+        let mut d = usr_disk();
+        d.partitions[5].gpt.type_guid = dps::ROOT_X86_64;
+        let mut f = facts(vec![d]);
+        f.tpm = crate::facts::TpmFacts::Present {
+            manufacturer: "test".into(),
+        };
+        let mut cfg = tmpfs_cfg();
+        cfg.root.layout = Layout::Data;
+        cfg.data.enabled = true;
+        let p = plan(&f, &usrhash(USR_A), &cfg).unwrap();
+        assert_eq!(
+            names(&p),
+            [
+                "verity",
+                "data",
+                "skeleton",
+                "mount-usr",
+                "etc-seed",
+                "machine-id"
+            ]
+        );
+        match &p.steps[1] {
+            Step::Data(d) => {
+                assert_eq!(d.dev.to_str(), Some("/dev/vda6"));
+                assert_eq!(d.target, "/sysroot");
+                assert_eq!(d.state, "/sysroot/var/lib/initrd-helper");
+                assert!(matches!(d.action, DataAction::Provision(_)));
+            }
+            s => panic!("unexpected {s:?}"),
+        }
+        assert_eq!(
+            p.steps[4],
+            Step::EtcSeed {
+                from: "/sysroot/usr/share/factory/etc".into(),
+                to: "/sysroot/etc".into()
+            }
+        );
+        assert!(matches!(
+            p.steps.last(),
+            Some(Step::MachineId { source: MachineIdSource::Persisted(f), .. })
+                if f == "/sysroot/var/lib/initrd-helper/machine-id"
+        ));
+        // No root-typed data partition, or data off: no root to boot.
+        let e = plan(&facts(vec![usr_disk()]), &usrhash(USR_A), &cfg).unwrap_err();
+        assert!(matches!(e, PlanError::NoDataRoot(..)), "{e}");
+        assert!(
+            e.to_string()
+                .contains("4f68bce3-e8cd-4db1-96e7-fbcaf984b709"),
+            "{e}"
+        );
+        cfg.data.enabled = false;
+        let e = plan(&f, &usrhash(USR_A), &cfg).unwrap_err();
+        assert!(e.to_string().contains("data.enabled = false"), "{e}");
+    }
+
+    #[test]
     fn tmpfs_layout_refuses_a_root_hash_and_unverified_usr() {
         let cmd = Cmdline {
             roothash: Some(USR_A.into()),
@@ -210,7 +304,7 @@ mod tests {
         let f = facts(vec![usr_disk()]);
         assert_eq!(
             plan(&f, &cmd, &tmpfs_cfg()).unwrap_err(),
-            PlanError::RootHashWithTmpfs
+            PlanError::RootHashUnused("tmpfs")
         );
         let e = plan(&f, &Cmdline::default(), &tmpfs_cfg()).unwrap_err();
         assert_eq!(

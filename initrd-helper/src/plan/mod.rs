@@ -21,7 +21,6 @@ mod verity;
 
 pub use disk::select_disk;
 pub use error::PlanError;
-pub use etc::MACHINE_ID_FILE;
 pub use slot::select_unverified_slot;
 pub use step::{
     DataAction, DataStep, MachineIdSource, SlotMount, Step, DATA_NAME, IN_PROGRESS_BIT,
@@ -30,7 +29,7 @@ pub use verity::derived_uuids;
 
 use data::data_step;
 use etc::etc_steps;
-use layout::{slot_layout, tmpfs_layout};
+use layout::{data_root, slot_layout, usr_layout};
 
 use crate::cmdline::Cmdline;
 use crate::config::{Config, Layout};
@@ -67,7 +66,7 @@ pub fn plan(facts: &Facts, cmd: &Cmdline, cfg: &Config) -> Result<Plan, PlanErro
     }
     let (disk, mut steps) = match cfg.root.layout {
         Layout::Slot => slot_layout(facts, cmd, cfg)?,
-        Layout::Tmpfs => tmpfs_layout(facts, cmd, cfg)?,
+        Layout::Tmpfs | Layout::Data => usr_layout(facts, cmd, cfg)?,
     };
     let table = disk.table.as_ref().map_err(|e| PlanError::BadTable {
         disk: disk.name.clone(),
@@ -79,18 +78,24 @@ pub fn plan(facts: &Facts, cmd: &Cmdline, cfg: &Config) -> Result<Plan, PlanErro
             disk.name
         ));
     }
-    warnings.extend(writable_slots(disk));
+    if cfg.root.layout == Layout::Slot {
+        warnings.extend(writable_slots(disk));
+    }
     let data = data_step(facts, disk, cmd, cfg, &mut warnings)?;
-    let data_target = match &data {
-        Some(Step::Data(d)) => Some(d.target.clone()),
+    let data_state = match &data {
+        Some(Step::Data(d)) => Some(d.state.clone()),
         _ => None,
     };
-    steps.extend(data);
+    if cfg.root.layout == Layout::Data {
+        steps = data_root(disk, cfg, steps, data)?;
+    } else {
+        steps.extend(data);
+    }
     steps.extend(etc_steps(
         cmd,
         cfg,
         facts,
-        data_target.as_deref(),
+        data_state.as_deref(),
         &mut warnings,
     ));
     Ok(Plan {

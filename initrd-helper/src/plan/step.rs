@@ -40,8 +40,12 @@ pub struct DataStep {
     pub disk_growth: u64,
     /// /dev/mapper name (tpm2).
     pub name: String,
-    /// Mount point inside the root (e.g. /sysroot/var).
+    /// Mount point inside the root (e.g. /sysroot/var; the root itself
+    /// with `root.layout = "data"`).
     pub target: String,
+    /// Our state directory on it (the machine ID, the last reset's ID):
+    /// ROOT/var/lib/initrd-helper with the default mount points.
+    pub state: String,
     pub action: DataAction,
     /// A factory reset request's ID (see README "Factory reset").
     pub reset: Option<String>,
@@ -93,6 +97,8 @@ pub enum Step {
     /// A tmpfs as the root, with the skeleton a hermetic /usr needs (the
     /// usr-merge links, /etc, /var and the API mount points).
     TmpfsRoot { target: String, options: String },
+    /// The skeleton on a data-partition root (made once; kept after).
+    Skeleton { target: String },
     /// Mount the selected usr slot read-only at the root's /usr.
     MountUsr(SlotMount),
     /// Overlay on the root's /etc: lower = the image's /etc (or its factory
@@ -105,6 +111,9 @@ pub enum Step {
         upper: String,
         work: String,
     },
+    /// Seed a writable root's /etc from the factory copy, once (after a
+    /// factory reset, again).
+    EtcSeed { from: String, to: String },
     /// The data partition: grow + format on first boot, unlock and mount on
     /// every boot, cryptographic erase on a factory reset.
     Data(DataStep),
@@ -123,6 +132,8 @@ impl Step {
             Step::MountRoot(_) => "mount-root",
             Step::TmpfsRoot { .. } => "tmpfs-root",
             Step::MountUsr(_) => "mount-usr",
+            Step::Skeleton { .. } => "skeleton",
+            Step::EtcSeed { .. } => "etc-seed",
             Step::Data(_) => "data",
             Step::EtcOverlay { .. } => "etc-overlay",
             Step::MachineId { .. } => "machine-id",
@@ -161,6 +172,12 @@ impl Step {
             ),
             Step::TmpfsRoot { target, options } => {
                 format!("mount a tmpfs ({options}) at {target} with the usr-merged skeleton")
+            }
+            Step::Skeleton { target } => {
+                format!("make the usr-merged skeleton in {target} where it is missing")
+            }
+            Step::EtcSeed { from, to } => {
+                format!("copy {from} to {to} unless {to} exists (first boot, factory reset)")
             }
             Step::EtcOverlay {
                 target,
