@@ -5,6 +5,7 @@
 #   disk     a GPT disk image in the design's layout (see README "Disk layout")
 #   usr disk the hermetic-/usr image (tmpfs-root layout), A/B erofs + verity
 #   repart disk the same /usr laid out by systemd-repart 257 (repart.d)
+#   mkosi initrd trixie's systemd initrd built by mkosi-initrd with our drop-in
 #   initrd   a dracut initrd built inside the guest root with our module
 #            (and one per layout config, with it appended)
 # Usage: build-image.sh HELPER_BINARY   -> prints the artifacts directory.
@@ -178,19 +179,34 @@ if [ ! -e "$usrdisk" ]; then
   mv "$tmp/disk.img" "$usrdisk"; rm -rf "$tmp"
 fi
 
+# ---- tools root: trixie's systemd-repart 257 and mkosi 25 -------------------
+# Bookworm's systemd-repart (252) cannot build these images offline and its
+# mkosi (14) predates mkosi-initrd (repart-notes.md): both run in a trixie
+# root made by mmdebstrap, never installed on the host.
+TOOLS_PKGS=systemd-repart,erofs-utils,dosfstools,mtools,cryptsetup-bin,mkosi,kmod,zstd
+repartroot="$cache/tools-root-$(echo "trixie $TOOLS_PKGS" | sha256sum | cut -c1-16)"
+if [ ! -e "$repartroot.done" ]; then
+  log "tools root (trixie, mmdebstrap)"
+  rm -rf "$repartroot"
+  mmdebstrap --quiet --variant=minbase --include="$TOOLS_PKGS" trixie "$repartroot" >&2
+  # mkosi-initrd installs from the root's own apt lists (--cache-only=metadata).
+  cp /etc/resolv.conf "$repartroot/etc/resolv.conf"
+  chroot "$repartroot" apt-get update -qq >&2
+  touch "$repartroot.done"
+fi
+# in_tools CMD...: runs CMD in the tools root, in a private mount namespace
+# (its /proc, /dev and /sys go away with it; the root is bind-mounted onto
+# itself because mkosi's sandbox needs / to be a mount point).
+in_tools() {
+  unshare --mount --propagation private sh -c 'r=$1; shift
+    mount --bind "$r" "$r" && mount -t proc proc "$r/proc" && mount --bind /dev "$r/dev" &&
+      mount -t sysfs sys "$r/sys" && exec chroot "$r" "$@"' sh "$repartroot" "$@"
+}
+
 # ---- repart disk: the hermetic-/usr image laid out by systemd-repart --------
 # Made entirely by systemd-repart 257 from vm-tests/repart.d (ESP; usr A +
 # usr-verity with Verity=/VerityMatchKey=, erofs; an _empty B pair; a blank
 # data partition), offline and reproducibly (fixed --seed, SOURCE_DATE_EPOCH).
-# Bookworm's 252/254 cannot (repart-notes.md): 257 runs in a trixie root.
-REPART_PKGS=systemd-repart,erofs-utils,dosfstools,mtools,cryptsetup-bin
-repartroot="$cache/repart-root-$(echo "trixie $REPART_PKGS" | sha256sum | cut -c1-16)"
-if [ ! -e "$repartroot.done" ]; then
-  log "systemd-repart root (trixie, mmdebstrap)"
-  rm -rf "$repartroot"
-  mmdebstrap --quiet --variant=minbase --include="$REPART_PKGS" trixie "$repartroot" >&2
-  touch "$repartroot.done"
-fi
 repartkey=$(digest "$here"/repart.d/* <(echo "$rootkey $repartroot repart v1"))
 repartdisk="$cache/repartdisk-$repartkey.img"
 if [ ! -e "$repartdisk" ]; then
@@ -201,13 +217,11 @@ if [ ! -e "$repartdisk" ]; then
   cp -a "$rootfs/etc" "$work/src/usr/share/factory/etc"
   printf 'IMAGE_ID=appliance\nIMAGE_VERSION=1\n' >> "$work/src/usr/lib/os-release"
   cp "$here"/repart.d/*.conf "$work/defs/"
-  # A private mount namespace: /proc in the chroot (repart needs it) goes
-  # away with it. The ESP gets 512-byte sectors (repart-notes.md).
-  unshare --mount --propagation private sh -c 'mount -t proc proc "$1/proc" &&
-    chroot "$1" env SOURCE_DATE_EPOCH=0 SYSTEMD_REPART_MKFS_OPTIONS_VFAT="-S 512" \
-      systemd-repart --empty=create --size=auto --offline=yes --definitions=/work/defs \
-        --copy-source=/work/src --seed=5f3e1c2a-8d4b-4e6f-9a0b-1c2d3e4f5a6b \
-        --dry-run=no --json=short /work/disk.img' sh "$repartroot" \
+  # The ESP gets 512-byte sectors (repart-notes.md).
+  in_tools env SOURCE_DATE_EPOCH=0 SYSTEMD_REPART_MKFS_OPTIONS_VFAT="-S 512" \
+    systemd-repart --empty=create --size=auto --offline=yes --definitions=/work/defs \
+      --copy-source=/work/src --seed=5f3e1c2a-8d4b-4e6f-9a0b-1c2d3e4f5a6b \
+      --dry-run=no --json=short /work/disk.img \
     > "$work/repart.json" 2> "$work/repart.log" || { tail -20 "$work/repart.log" >&2; exit 1; }
   # usrhash= is the usr partition's "roothash" in repart's JSON.
   uhash=$(python3 -c 'import json,sys; print(next(p["roothash"] for p in json.load(open(sys.argv[1])) if p["type"] == "usr-x86-64" and p.get("roothash")))' "$work/repart.json")
@@ -256,11 +270,33 @@ for conf in "$here"/config/layout-*.toml; do
   mv "$extra.tmp" "$extra"; rm -rf "$tmp"
 done
 
+# ---- mkosi initrd: mkosi-initrd (25) with our drop-in ------------------------
+# dracut-like-modules/mkosi/install.sh puts the drop-in into the tools root's
+# /etc/mkosi-initrd; mkosi-initrd builds trixie's systemd initrd with it for
+# the guest kernel (its modules copied in and depmod'ed), with the tmpfs
+# layout's config.
+mkosidir="$top/dracut-like-modules/mkosi"
+mkosikey=$(digest "$helper" "$mkosidir"/* "$top"/units/* "$here/config/layout-tmpfs.toml" \
+  <(echo "$repartroot $kver mkosi v1"))
+mkosiinitrd="$cache/initrd-mkosi-$mkosikey.img"
+if [ ! -e "$mkosiinitrd" ]; then
+  log "initrd (mkosi-initrd $(chroot "$repartroot" mkosi --version))"
+  rm -rf "$repartroot/etc/mkosi-initrd" "$repartroot/usr/lib/modules" "$repartroot/work"
+  "$mkosidir/install.sh" "$repartroot/etc/mkosi-initrd" "$helper" "$here/config/layout-tmpfs.toml"
+  mkdir -p "$repartroot/usr/lib/modules" "$repartroot/usr/lib/firmware" "$repartroot/work"
+  cp -a "$kdir/x/lib/modules/$kver" "$repartroot/usr/lib/modules/"
+  chroot "$repartroot" depmod "$kver"
+  in_tools mkosi-initrd --kernel-version "$kver" -t cpio -o initrd -O /work \
+    > "$repartroot/work/mkosi.log" 2>&1 || { tail -30 "$repartroot/work/mkosi.log" >&2; exit 1; }
+  mv "$repartroot/work/initrd" "$mkosiinitrd"
+  rm -rf "$repartroot/work" "$repartroot/usr/lib/modules" "$repartroot/etc/mkosi-initrd"
+fi
+
 # Drop superseded builds (other keys) so the cache does not grow per change.
 # (build-* are the work dirs of builds that were cut short.)
-for old in "$cache"/rootfs-* "$cache"/repart-root-* "$cache"/disk-*.img* "$cache"/usrdisk-*.img* \
+for old in "$cache"/rootfs-* "$cache"/tools-root-* "$cache"/repart-root-* "$cache"/disk-*.img* "$cache"/usrdisk-*.img* \
   "$cache"/repartdisk-*.img* "$cache"/initrd-*.img "$cache"/build-*; do
-  case " $rootfs $rootfs.done $repartroot $repartroot.done $initrd ${layout_initrds[*]} " in
+  case " $rootfs $rootfs.done $repartroot $repartroot.done $initrd $mkosiinitrd ${layout_initrds[*]} " in
     *" $old "*) continue ;;
   esac
   case "$old" in "$disk"*|"$usrdisk"*|"$repartdisk"*) ;; *) rm -rf "$old" ;; esac
@@ -274,6 +310,7 @@ ln -sf "$disk" "$out/disk.img"
 for f in roothash-a roothash-b layout.json; do ln -sf "$disk.$f" "$out/$f"; done
 ln -sf "$usrdisk" "$out/usr-disk.img"
 ln -sf "$repartdisk" "$out/repart-disk.img"
+ln -sf "$mkosiinitrd" "$out/initrd-mkosi.img"
 for f in usrhash-a usrhash-b; do ln -sf "$usrdisk.$f" "$out/usr-disk.img.$f"; done
 ln -sf "$repartdisk.usrhash-a" "$out/repart-disk.img.usrhash-a"
 for f in "${layout_initrds[@]}"; do

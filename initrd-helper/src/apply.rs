@@ -3,6 +3,7 @@
 //! and logs one line with its outcome and duration.
 
 use crate::data;
+pub use crate::env::Env;
 use crate::machine_id;
 use crate::mountinfo;
 use crate::plan::{MachineIdSource, Plan, Step};
@@ -185,8 +186,9 @@ fn persisted_machine_id(file: &str) -> Result<String> {
     Ok(id)
 }
 
-fn write_machine_id(path: &str, source: &MachineIdSource) -> Result<Outcome> {
-    let recorded = std::fs::read_to_string(MACHINE_ID_RECORD).ok();
+fn write_machine_id(path: &str, source: &MachineIdSource, env: &Env) -> Result<Outcome> {
+    let record = env.at(MACHINE_ID_RECORD);
+    let recorded = std::fs::read_to_string(&record).ok();
     let current = std::fs::read_to_string(path).ok();
     let id = match source {
         MachineIdSource::KernelCommandLine(id) | MachineIdSource::Firmware(id) => id.clone(),
@@ -202,13 +204,14 @@ fn write_machine_id(path: &str, source: &MachineIdSource) -> Result<Outcome> {
     };
     let content = format!("{id}\n");
     machine_id::write(Path::new(path), &content).with_context(|| format!("writing {path}"))?;
-    machine_id::write(Path::new(MACHINE_ID_RECORD), &content)
-        .with_context(|| format!("recording the machine-id in {MACHINE_ID_RECORD}"))?;
+    machine_id::write(&record, &content)
+        .with_context(|| format!("recording the machine-id in {}", record.display()))?;
     Ok(Outcome::Done)
 }
 
-fn apply_step(step: &Step) -> Result<Outcome> {
-    match step {
+/// Applies `step` with its paths under `env`'s root.
+fn apply_step(step: &Step, env: &Env) -> Result<Outcome> {
+    match &env.resolve(step) {
         Step::ActivateVerity {
             name,
             data,
@@ -230,7 +233,7 @@ fn apply_step(step: &Step) -> Result<Outcome> {
             upper,
             work,
         } => etc_overlay(target, lower, state_dir, upper, work),
-        Step::MachineId { path, source } => write_machine_id(path, source),
+        Step::MachineId { path, source } => write_machine_id(path, source, env),
         Step::Data(d) => match mountinfo::find(&sys::mount::table(), &d.target) {
             // A restarted unit: the volume is open and mounted already.
             Some(_) => Ok(Outcome::Skipped(format!("{} already mounted", d.target))),
@@ -240,10 +243,10 @@ fn apply_step(step: &Step) -> Result<Outcome> {
 }
 
 /// Runs every step; stops at the first failure with the step in the context.
-pub fn apply(plan: &Plan) -> Result<()> {
+pub fn apply(plan: &Plan, env: &Env) -> Result<()> {
     for step in &plan.steps {
         let t = Instant::now();
-        let outcome = apply_step(step).with_context(|| format!("step {}", step.name()))?;
+        let outcome = apply_step(step, env).with_context(|| format!("step {}", step.name()))?;
         let ms = t.elapsed().as_secs_f64() * 1000.0;
         match outcome {
             Outcome::Done => log::info!(
@@ -263,6 +266,83 @@ pub fn apply(plan: &Plan) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The file-only steps of a data-root boot, on a temp root: the
+    /// skeleton, the one-time /etc seed (over the skeleton's empty /etc),
+    /// the kept machine ID; a second run (a restarted unit, the next boot)
+    /// keeps what the first made.
+    #[test]
+    fn data_root_steps_run_on_a_temp_root_and_rerun_cleanly() {
+        let d = tempfile::tempdir().unwrap();
+        let env = Env::new(d.path());
+        let factory = env.at("/sysroot/usr/share/factory/etc");
+        std::fs::create_dir_all(&factory).unwrap();
+        std::fs::write(factory.join("hostname"), "appliance\n").unwrap();
+        let steps = [
+            Step::Skeleton {
+                target: "/sysroot".into(),
+            },
+            Step::EtcSeed {
+                from: "/sysroot/usr/share/factory/etc".into(),
+                to: "/sysroot/etc".into(),
+            },
+            Step::MachineId {
+                path: "/sysroot/etc/machine-id".into(),
+                source: MachineIdSource::Persisted(
+                    "/sysroot/var/lib/initrd-helper/machine-id".into(),
+                ),
+            },
+        ];
+        let run = || -> Vec<String> {
+            steps
+                .iter()
+                .map(|s| match apply_step(s, &env).unwrap() {
+                    Outcome::Done => "done".to_string(),
+                    Outcome::Skipped(w) => format!("skipped: {w}"),
+                    Outcome::Did(w) => w,
+                })
+                .collect()
+        };
+        let first = run();
+        assert!(first[1].starts_with("seeded "), "{first:?}");
+        let id = std::fs::read_to_string(env.at("/sysroot/etc/machine-id")).unwrap();
+        assert!(machine_id::is_valid(id.trim()), "{id:?}");
+        assert_eq!(
+            std::fs::read_to_string(env.at("/sysroot/etc/hostname")).unwrap(),
+            "appliance\n"
+        );
+        let second = run();
+        assert!(second[1].starts_with("skipped"), "{second:?}");
+        assert_eq!(
+            std::fs::read_to_string(env.at("/sysroot/etc/machine-id")).unwrap(),
+            id
+        );
+        assert!(env.at("/run/initrd-helper/machine-id").exists());
+        assert!(!env.at("/sysroot/etc.initrd-helper-seed").exists());
+    }
+
+    /// A random machine ID is written once per boot: a restarted unit finds
+    /// it recorded under /run and keeps it.
+    #[test]
+    fn a_random_machine_id_is_kept_within_a_boot() {
+        let d = tempfile::tempdir().unwrap();
+        let env = Env::new(d.path());
+        std::fs::create_dir_all(env.at("/sysroot/etc")).unwrap();
+        let step = Step::MachineId {
+            path: "/sysroot/etc/machine-id".into(),
+            source: MachineIdSource::Random,
+        };
+        assert!(matches!(apply_step(&step, &env).unwrap(), Outcome::Done));
+        let id = std::fs::read_to_string(env.at("/sysroot/etc/machine-id")).unwrap();
+        assert!(matches!(
+            apply_step(&step, &env).unwrap(),
+            Outcome::Skipped(_)
+        ));
+        assert_eq!(
+            std::fs::read_to_string(env.at("/sysroot/etc/machine-id")).unwrap(),
+            id
+        );
+    }
 
     /// A signature file that is missing, empty, PEM, too large or cut
     /// short is named as such before the kernel is asked.

@@ -393,6 +393,34 @@ fn verity_cases() -> Vec<Case> {
 fn plan_cases() -> Vec<Case> {
     vec![
         case(
+            "tmpfs layout with roothash=",
+            &rh(),
+            "[root]\nlayout = \"tmpfs\"\n",
+            ok,
+            "refusing to leave a verified root unused",
+        ),
+        case(
+            "tmpfs layout without usrhash=",
+            "",
+            "[root]\nlayout = \"tmpfs\"\n",
+            ok,
+            "no usrhash= on the kernel command line",
+        ),
+        case(
+            "usrhash matches nothing",
+            &format!("usrhash={}", "ab".repeat(32)),
+            "[root]\nlayout = \"tmpfs\"\n",
+            ok,
+            "first 128 bits of usrhash",
+        ),
+        case(
+            "usrhash names the root slot",
+            &format!("usrhash={HASH}"),
+            "[root]\nlayout = \"tmpfs\"\n",
+            ok,
+            "expected usr-x86-64",
+        ),
+        case(
             "roothash matches nothing",
             &format!("roothash={}", "ab".repeat(32)),
             "",

@@ -12,6 +12,7 @@ pub mod cmdline;
 pub mod config;
 pub mod data;
 pub mod dps;
+pub mod env;
 pub mod ext4;
 pub mod facts;
 pub mod fuzzing;

@@ -144,7 +144,7 @@ fn cmd_run(a: &Args) -> Result<()> {
     for (n, s) in p.steps.iter().enumerate() {
         ::log::info!("plan {}/{}: {}", n + 1, p.steps.len(), s.describe());
     }
-    apply::apply(&p)?;
+    apply::apply(&p, &apply::Env::new(&i.root))?;
     ::log::info!(
         "all steps done in {:.1} ms (peak RSS {} KiB)",
         t.elapsed().as_secs_f64() * 1000.0,

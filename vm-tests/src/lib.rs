@@ -62,6 +62,12 @@ impl Artifacts {
         Artifacts::from_env().with("tmpfs", "repart-disk.img")
     }
 
+    /// The repart image with the initrd mkosi-initrd built with our
+    /// drop-in (dracut-like-modules/mkosi, the tmpfs layout's config).
+    pub fn mkosi_from_env() -> Artifacts {
+        Artifacts::from_env().with("mkosi", "repart-disk.img")
+    }
+
     fn with(self, layout: &str, disk: &str) -> Artifacts {
         Artifacts {
             initrd: self.initrd.with_file_name(format!("initrd-{layout}.img")),

@@ -354,3 +354,34 @@ fn vm_repart_image() {
         ],
     );
 }
+
+/// The drop-in in a real mkosi initrd: mkosi-initrd 25 (trixie's systemd
+/// 257 in the initrd, its veritysetup generator masked by the drop-in)
+/// boots the repart image as the dracut initrd does.
+#[test]
+#[ignore = "VM test: run through `make test`"]
+fn vm_mkosi_initrd() {
+    let m = Machine::new(Artifacts::mkosi_from_env(), "mkosi_initrd", false);
+    let (b, r) = m.boot("mkosi", "a", "");
+    check_layout(&b, &r, &m.a, "a");
+    expect(
+        &b,
+        &r,
+        &[
+            (
+                "data_source",
+                "/dev/mapper/data",
+                "/var is not the data volume",
+            ),
+            (
+                "helper_unit_finished",
+                "1",
+                "initrd-helper.service did not finish",
+            ),
+        ],
+    );
+    b.check(
+        !b.lines_with("systemd 257").is_empty(),
+        "the initrd's systemd is not mkosi's (trixie's 257)",
+    );
+}
