@@ -13,6 +13,9 @@ pub const ASSUMED_TPM: &str = "assumed present (plan --disk does not look at the
 
 /// How often the boot disk is looked for again while waiting.
 const RESCAN_INTERVAL: Duration = Duration::from_millis(100);
+/// How long the set of disks must stay unchanged, once it changed while
+/// we waited, before the only candidate disk is taken as the boot disk.
+const DISK_QUIET: Duration = Duration::from_millis(500);
 
 pub struct Inputs {
     pub cmd: cmdline::Cmdline,
@@ -53,8 +56,25 @@ pub fn plan_with_wait(
     } else {
         (None, None)
     };
+    // Rule 3 of the disk choice (the only candidate) only counts once the
+    // set of disks has been still for DISK_QUIET: disks that appear while
+    // we wait (a driver probing them one by one) may not all be there yet.
+    let by_identity = i.cmd.disk.or(i.cfg.devices.disk).is_some() || loader_partuuid.is_some();
+    let mut seen: Option<(Vec<String>, Instant)> = None;
     loop {
         let disks = sys::disks(&i.root, images, probe_type);
+        let names: Vec<String> = disks.iter().map(|d| d.name.clone()).collect();
+        let quiet = match &mut seen {
+            None => {
+                seen = Some((names, Instant::now()));
+                true
+            }
+            Some((old, since)) if *old != names => {
+                (*old, *since) = (names, Instant::now());
+                false
+            }
+            Some((_, since)) => since.elapsed() >= DISK_QUIET,
+        };
         // A TPM found once stays found; an absent one is looked for again
         // (its driver may load after the disk's), which is cheap.
         // Planning a disk image: the host's TPM and device-mapper say
@@ -75,6 +95,9 @@ pub fn plan_with_wait(
             product_uuid: product_uuid.clone(),
         };
         match plan::plan(&facts, &i.cmd, &i.cfg) {
+            Ok(_) if wait && !by_identity && !quiet && Instant::now() < deadline => {
+                std::thread::sleep(RESCAN_INTERVAL);
+            }
             Ok(p) => return Ok((p, facts)),
             Err(e) if wait && e.may_resolve_by_waiting() && Instant::now() < deadline => {
                 if !said {
