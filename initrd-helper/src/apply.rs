@@ -139,6 +139,29 @@ fn etc_seed(from: &str, to: &str) -> Result<Outcome> {
     )))
 }
 
+/// The `data.persist` binds not in place yet (a restarted unit finds some).
+fn persist(binds: &[crate::plan::Bind]) -> Result<Outcome> {
+    let table = sys::mount::table();
+    let mut done = Vec::new();
+    for b in binds {
+        if mountinfo::find(&table, &b.to).is_some() {
+            continue;
+        }
+        sys::mount::bind(Path::new(&b.from), Path::new(&b.to))
+            .with_context(|| format!("bind-mounting {} at {}", b.from, b.to))?;
+        done.push(b.to.as_str());
+    }
+    if done.len() < binds.len() && done.is_empty() {
+        return Ok(Outcome::Skipped(
+            "every persisted directory is mounted already".into(),
+        ));
+    }
+    Ok(Outcome::Did(format!(
+        "bound {} from the data file system",
+        done.join(", ")
+    )))
+}
+
 fn etc_overlay(
     target: &str,
     lower: &str,
@@ -226,6 +249,7 @@ fn apply_step(step: &Step, env: &Env) -> Result<Outcome> {
             .map(|()| Outcome::Done)
             .with_context(|| format!("making the skeleton in {target}")),
         Step::EtcSeed { from, to } => etc_seed(from, to),
+        Step::Persist { binds } => persist(binds),
         Step::EtcOverlay {
             target,
             lower,

@@ -150,6 +150,10 @@ pub struct DataConfig {
     pub mount_point: String,
     /// Extra mkfs.ext4 options (first boot and after a factory reset only).
     pub mkfs_options: Vec<String>,
+    /// Directories outside `mount_point` that persist too (a tmpfs root's
+    /// /root, /home, ...): each is bind-mounted from `.persist/PATH` on the
+    /// data file system.
+    pub persist: Vec<String>,
 }
 
 impl Default for DataConfig {
@@ -162,6 +166,7 @@ impl Default for DataConfig {
             grow: true,
             mount_point: "/var".into(),
             mkfs_options: Vec::new(),
+            persist: Vec::new(),
         }
     }
 }
@@ -234,11 +239,49 @@ fn validate(cfg: &Config) -> Result<(), String> {
             "root.tmpfs_options = {t:?}: expected tmpfs mount options such as \"mode=0755,size=50%\""
         ));
     }
+    validate_persist(&cfg.data.persist, &cfg.data.mount_point)?;
     let pcrs = &cfg.data.pcrs;
     if pcrs.is_empty() || pcrs.iter().any(|&p| p > 23) {
         return Err(format!(
             "data.pcrs = {pcrs:?}: expected 1 to 24 PCR numbers 0-23"
         ));
+    }
+    Ok(())
+}
+
+/// Most directories `data.persist` may name.
+pub const MAX_PERSIST: usize = 32;
+
+/// `data.persist`: absolute, plain paths, none of which is `/`, /usr or
+/// /etc (the image's and the overlay's), or already on the data partition.
+fn validate_persist(paths: &[String], mount_point: &str) -> Result<(), String> {
+    if paths.len() > MAX_PERSIST {
+        return Err(format!(
+            "data.persist: {} entries, at most {MAX_PERSIST}",
+            paths.len()
+        ));
+    }
+    let mp = mount_point.trim_end_matches('/');
+    for p in paths {
+        let t = p.trim_end_matches('/');
+        let plain = p.starts_with('/')
+            && !p.split('/').any(|c| c == ".." || c == ".")
+            && !p.contains("//")
+            && !p.chars().any(|c| c.is_control());
+        let why = if !plain {
+            "must be an absolute path without . or .. components"
+        } else if t.is_empty()
+            || ["/usr", "/etc"]
+                .iter()
+                .any(|x| t == *x || t.starts_with(&format!("{x}/")))
+        {
+            "/, /usr and /etc cannot be persisted this way"
+        } else if t == mp || t.starts_with(&format!("{mp}/")) {
+            "is on the data partition already (under data.mount_point)"
+        } else {
+            continue;
+        };
+        return Err(format!("data.persist entry {p:?}: {why}"));
     }
     Ok(())
 }
@@ -276,6 +319,8 @@ mod tests {
         .unwrap();
         assert_eq!(c.root.unverified, Unverified::MountReadOnly);
         assert_eq!(c.devices.timeout_secs, 5);
+        let p = parse("[data]\npersist = [\"/root\", \"/home/\"]\n", "x").unwrap();
+        assert_eq!(p.data.persist, ["/root", "/home/"]);
         assert!(!c.etc.overlay);
         assert_eq!(c.root.mount_point, "/sysroot");
         let r = parse(
@@ -319,6 +364,11 @@ mod tests {
             "[root]\nlayout = \"persistent\"\n",
             "[root]\ntmpfs_options = \"size=1G mode=0755\"\n",
             "[etc]\nfactory = \"usr/share/factory/etc\"\n",
+            "[data]\npersist = [\"home\"]\n",
+            "[data]\npersist = [\"/home/../etc\"]\n",
+            "[data]\npersist = [\"/etc/ssh\"]\n",
+            "[data]\npersist = [\"/var/lib/x\"]\n",
+            "[data]\npersist = [\"/\"]\n",
             "not toml at all [",
         ] {
             let e = parse(bad, "cfg.toml").unwrap_err();

@@ -4,7 +4,7 @@
 //! maps a whole step under the root before it is applied, so no step can
 //! reach a path the environment did not give it.
 
-use crate::plan::{DataStep, MachineIdSource, SlotMount, Step};
+use crate::plan::{Bind, DataStep, MachineIdSource, SlotMount, Step};
 use crate::verity::Signature;
 use std::path::{Path, PathBuf};
 
@@ -68,6 +68,15 @@ impl Env {
             },
             Step::Skeleton { target } => Step::Skeleton {
                 target: self.s(target),
+            },
+            Step::Persist { binds } => Step::Persist {
+                binds: binds
+                    .iter()
+                    .map(|b| Bind {
+                        from: self.s(&b.from),
+                        to: self.s(&b.to),
+                    })
+                    .collect(),
             },
             Step::EtcSeed { from, to } => Step::EtcSeed {
                 from: self.s(from),

@@ -95,7 +95,13 @@ fn check_layout(b: &Boot, r: &Report, a: &Artifacts, slot: &str) {
             ),
         ],
     );
-    check_usr(b, r, a, slot, &["tmpfs-root", "mount-usr", "etc-overlay"]);
+    check_usr(
+        b,
+        r,
+        a,
+        slot,
+        &["tmpfs-root", "mount-usr", "persist", "etc-overlay"],
+    );
 }
 
 /// /usr is slot `slot` through dm-verity, the factory /etc is in use, and
@@ -185,6 +191,7 @@ fn vm_usr_tmpfs_root() {
                 "no systemd-tpm2 token",
             ),
             ("data_write", "ok", "writing to /var failed"),
+            ("home_write", "ok", "writing to /root (data.persist) failed"),
         ],
     );
     let (b2, r2) = m.boot("second", "a", "");
@@ -194,6 +201,11 @@ fn vm_usr_tmpfs_root() {
         &r2,
         &[
             ("data_probe", "kept-on-var", "/var lost its file"),
+            (
+                "home_probe",
+                "kept-on-var",
+                "/root (data.persist) lost its file",
+            ),
             ("machine_id", &r1["machine_id"], "the machine-id changed"),
         ],
     );

@@ -230,6 +230,24 @@ mod tests {
                 "machine-id"
             ]
         );
+        // data.persist: more of the tmpfs root kept on the data partition.
+        cfg.data.persist = vec!["/root".into(), "/home/".into()];
+        let p2 = plan(&f, &usrhash(USR_A), &cfg).unwrap();
+        assert_eq!(
+            p2.steps[4],
+            Step::Persist {
+                binds: vec![
+                    Bind {
+                        from: "/sysroot/var/.persist/root".into(),
+                        to: "/sysroot/root".into()
+                    },
+                    Bind {
+                        from: "/sysroot/var/.persist/home".into(),
+                        to: "/sysroot/home".into()
+                    },
+                ]
+            }
+        );
         assert!(matches!(&p.steps[3], Step::Data(d) if d.target == "/sysroot/var"));
         assert!(matches!(
             p.steps.last(),

@@ -23,7 +23,7 @@ pub use disk::select_disk;
 pub use error::PlanError;
 pub use slot::select_unverified_slot;
 pub use step::{
-    DataAction, DataStep, MachineIdSource, SlotMount, Step, DATA_NAME, IN_PROGRESS_BIT,
+    Bind, DataAction, DataStep, MachineIdSource, SlotMount, Step, DATA_NAME, IN_PROGRESS_BIT,
 };
 pub use verity::derived_uuids;
 
@@ -82,14 +82,18 @@ pub fn plan(facts: &Facts, cmd: &Cmdline, cfg: &Config) -> Result<Plan, PlanErro
         warnings.extend(writable_slots(disk));
     }
     let data = data_step(facts, disk, cmd, cfg, &mut warnings)?;
-    let data_state = match &data {
-        Some(Step::Data(d)) => Some(d.state.clone()),
-        _ => None,
+    let (data_state, persist) = match &data {
+        Some(Step::Data(d)) => (
+            Some(d.state.clone()),
+            persist_step(cfg, &d.target, &mut warnings),
+        ),
+        _ => (None, None),
     };
     if cfg.root.layout == Layout::Data {
         steps = data_root(disk, cfg, steps, data)?;
     } else {
         steps.extend(data);
+        steps.extend(persist);
     }
     steps.extend(etc_steps(
         cmd,
@@ -104,6 +108,32 @@ pub fn plan(facts: &Facts, cmd: &Cmdline, cfg: &Config) -> Result<Plan, PlanErro
         steps,
         warnings,
     })
+}
+
+/// `data.persist`'s bind mounts from the data file system mounted at
+/// `data_target` (nothing to do when the data partition is `/` itself).
+fn persist_step(cfg: &Config, data_target: &str, warnings: &mut Vec<String>) -> Option<Step> {
+    let paths = &cfg.data.persist;
+    if paths.is_empty() {
+        return None;
+    }
+    if cfg.root.layout == Layout::Data {
+        warnings
+            .push("data.persist is ignored with root.layout = \"data\": all of / persists".into());
+        return None;
+    }
+    let root = cfg.root.mount_point.trim_end_matches('/');
+    let binds = paths
+        .iter()
+        .map(|p| {
+            let p = p.trim_end_matches('/');
+            Bind {
+                from: format!("{data_target}/.persist{p}"),
+                to: format!("{root}{p}"),
+            }
+        })
+        .collect();
+    Some(Step::Persist { binds })
 }
 
 /// A warning for each root slot of the boot disk without the DPS read-only

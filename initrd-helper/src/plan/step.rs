@@ -70,6 +70,14 @@ pub const IN_PROGRESS_BIT: u64 = 1 << 55;
 /// Name of the data volume under /dev/mapper.
 pub const DATA_NAME: &str = "data";
 
+/// One `data.persist` directory: `from` (on the data file system) is
+/// bind-mounted at `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Bind {
+    pub from: String,
+    pub to: String,
+}
+
 /// A slot's file system, mounted read-only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SlotMount {
@@ -111,6 +119,9 @@ pub enum Step {
         upper: String,
         work: String,
     },
+    /// Bind-mount directories of the data file system over the root's
+    /// (`data.persist`), each made on first use.
+    Persist { binds: Vec<Bind> },
     /// Seed a writable root's /etc from the factory copy, once (after a
     /// factory reset, again).
     EtcSeed { from: String, to: String },
@@ -134,6 +145,7 @@ impl Step {
             Step::MountUsr(_) => "mount-usr",
             Step::Skeleton { .. } => "skeleton",
             Step::EtcSeed { .. } => "etc-seed",
+            Step::Persist { .. } => "persist",
             Step::Data(_) => "data",
             Step::EtcOverlay { .. } => "etc-overlay",
             Step::MachineId { .. } => "machine-id",
@@ -175,6 +187,13 @@ impl Step {
             }
             Step::Skeleton { target } => {
                 format!("make the usr-merged skeleton in {target} where it is missing")
+            }
+            Step::Persist { binds } => {
+                let each: Vec<String> = binds.iter().map(|b| b.to.clone()).collect();
+                format!(
+                    "bind-mount from the data file system (.persist/…): {}",
+                    each.join(", ")
+                )
             }
             Step::EtcSeed { from, to } => {
                 format!("copy {from} to {to} unless {to} exists (first boot, factory reset)")

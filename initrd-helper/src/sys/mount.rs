@@ -40,6 +40,14 @@ pub fn mount_rw(source: &Path, target: &Path, fstype: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// `source` bind-mounted at `target`, both made when missing.
+pub fn bind(source: &Path, target: &Path) -> io::Result<()> {
+    mkdir(source)?;
+    mkdir(target)?;
+    rustix::mount::mount_bind(source, target)?;
+    Ok(())
+}
+
 pub fn umount(target: &Path) -> io::Result<()> {
     rustix::mount::unmount(target, rustix::mount::UnmountFlags::empty())?;
     Ok(())
