@@ -99,14 +99,17 @@ fn mount_root(source: &Path, fstype: &str, target: &str) -> Result<Outcome> {
 /// A tmpfs at `target` holding the skeleton (a restarted unit finds it).
 fn tmpfs_root(target: &str, options: &str) -> Result<Outcome> {
     let t = Path::new(target);
-    if mountinfo::find(&sys::mount::table(), target).is_some_and(|m| m.fstype == "tmpfs") {
-        crate::skeleton::create(t).with_context(|| format!("making the skeleton in {target}"))?;
-        return Ok(Outcome::Skipped(format!("{target} already a tmpfs")));
+    let mounted =
+        mountinfo::find(&sys::mount::table(), target).is_some_and(|m| m.fstype == "tmpfs");
+    if !mounted {
+        sys::mount::mount_tmpfs(t, options)
+            .with_context(|| format!("mounting the tmpfs root at {target} ({options})"))?;
     }
-    sys::mount::mount_tmpfs(t, options)
-        .with_context(|| format!("mounting the tmpfs root at {target} ({options})"))?;
     crate::skeleton::create(t).with_context(|| format!("making the skeleton in {target}"))?;
-    Ok(Outcome::Done)
+    Ok(match mounted {
+        true => Outcome::Skipped(format!("{target} already a tmpfs")),
+        false => Outcome::Done,
+    })
 }
 
 /// Copies the factory /etc into a writable root that has none: through a
@@ -151,7 +154,7 @@ fn persist(binds: &[crate::plan::Bind]) -> Result<Outcome> {
             .with_context(|| format!("bind-mounting {} at {}", b.from, b.to))?;
         done.push(b.to.as_str());
     }
-    if done.len() < binds.len() && done.is_empty() {
+    if done.is_empty() {
         return Ok(Outcome::Skipped(
             "every persisted directory is mounted already".into(),
         ));

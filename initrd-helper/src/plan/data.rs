@@ -5,8 +5,6 @@ use super::{DataAction, DataStep, PlanError, Step, DATA_NAME, IN_PROGRESS_BIT};
 use crate::cmdline::Cmdline;
 use crate::config::{Config, Encryption, Layout};
 
-/// Our state directory, relative to the root.
-const STATE_DIR: &str = "var/lib/initrd-helper";
 use crate::dps;
 use crate::facts::{DiskFacts, Facts, PartitionFacts, TpmFacts};
 use crate::sys::blkid::Signature;
@@ -141,16 +139,17 @@ pub(super) fn data_step(
         warnings.push(format!("{dev} is not the last partition: it is not grown"));
     }
     let root = cfg.root.mount_point.trim_end_matches('/');
-    // The data partition is the root itself, or mounted inside it; our
-    // state lives in its var/lib (the root's /var/lib in both defaults).
-    let (target, state) = match cfg.root.layout {
-        Layout::Data => (cfg.root.mount_point.clone(), format!("{root}/{STATE_DIR}")),
-        Layout::Slot | Layout::Tmpfs => {
-            let t = format!("{root}{}", cfg.data.mount_point.trim_end_matches('/'));
-            let state = format!("{t}/{}", STATE_DIR.trim_start_matches("var/"));
-            (t, state)
-        }
+    // The data partition is the root itself, or mounted inside it (at
+    // /var by default): our state dir is the root's /var/lib/initrd-helper
+    // either way.
+    let (target, state_in_fs) = match cfg.root.layout {
+        Layout::Data => (cfg.root.mount_point.clone(), "var/lib/initrd-helper"),
+        Layout::Slot | Layout::Tmpfs => (
+            format!("{root}{}", cfg.data.mount_point.trim_end_matches('/')),
+            "lib/initrd-helper",
+        ),
     };
+    let state = format!("{}/{state_in_fs}", target.trim_end_matches('/'));
     Ok(Some(Step::Data(DataStep {
         disk: disk.dev.clone(),
         number: p.gpt.number,

@@ -22,18 +22,18 @@ pub(super) fn etc_steps(
     // A hermetic /usr image has no /etc: its factory copy is the lower layer.
     let factory = format!("{root}{}", cfg.etc.factory.trim_end_matches('/'));
     let lower = match cfg.root.layout {
-        Layout::Slot => format!("{root}/etc"),
-        Layout::Tmpfs => factory,
+        Layout::Slot => Some(format!("{root}/etc")),
+        Layout::Tmpfs => Some(factory),
         // A writable root keeps its own /etc, seeded once from the factory.
         Layout::Data => {
             steps.push(Step::EtcSeed {
                 from: factory,
                 to: format!("{root}/etc"),
             });
-            String::new()
+            None
         }
     };
-    if cfg.etc.overlay && cfg.root.layout != Layout::Data {
+    if let (true, Some(lower)) = (cfg.etc.overlay, lower) {
         let state = cfg.etc.state_dir.trim_end_matches('/');
         steps.push(Step::EtcOverlay {
             target: format!("{root}/etc"),
