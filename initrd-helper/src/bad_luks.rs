@@ -22,6 +22,7 @@ fn our_token(slot: u32, pcrs: &[u8]) -> Value {
         pcrs,
         policy_hash: &[0; 32],
         srk_name: &[0x00, 0x0b],
+        signed: None,
     })
 }
 
@@ -123,14 +124,15 @@ pub(crate) fn table() -> Vec<(&'static str, &'static str, &'static str)> {
 fn every_bad_luks_header_ends_in_one_clear_line_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let good = volume(dir.path(), |s| our_token(s, &[7]));
-    provision::our_token(&good, &[7]).expect("our own token is accepted");
+    provision::our_token(&good, &crate::policy::Policy::literal(&[7]))
+        .expect("our own token is accepted");
     let mut n = 0;
     for (name, token, mutate, needle) in cases() {
         let dir = tempfile::tempdir().unwrap();
         let p = volume(dir.path(), token);
         mutate(&p);
         let before = std::fs::read(&p).unwrap();
-        let e = provision::our_token(&p, &[7]).expect_err(name);
+        let e = provision::our_token(&p, &crate::policy::Policy::literal(&[7])).expect_err(name);
         let line = crate::inputs::error_line(&e);
         assert_eq!(
             std::fs::read(&p).unwrap(),

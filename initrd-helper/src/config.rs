@@ -142,8 +142,19 @@ pub struct DataConfig {
     pub partition_type: Option<crate::guid::Guid>,
     /// `tpm2` (default) or `none`.
     pub encryption: Encryption,
-    /// PCRs (sha256 bank) the volume secret is sealed to.
+    /// PCRs (sha256 bank) the volume secret is sealed to at their values
+    /// at enrollment (literal PolicyPCR). May be empty with a signed policy.
     pub pcrs: Vec<u8>,
+    /// The public key (PEM) of a signed PCR policy: the volume unlocks
+    /// whenever `signed_pcrs` are in a state this key's owner signed.
+    /// Default: the booted UKI's `.pcrpkey` when there is one
+    /// (/.extra/tpm2-pcr-public-key.pem); `""`: no signed policy.
+    pub pcr_public_key: Option<String>,
+    /// The signatures (systemd's tpm2-pcr-signature.json). Default: the
+    /// booted UKI's `.pcrsig` (/.extra/tpm2-pcr-signature.json).
+    pub pcr_signature: Option<String>,
+    /// The PCRs the key's owner signs (systemd's `tpm2_pubkey_pcrs`).
+    pub signed_pcrs: Vec<u8>,
     /// Grow the partition to the end of the disk on first boot.
     pub grow: bool,
     /// Where the data file system is mounted inside the root.
@@ -163,6 +174,9 @@ impl Default for DataConfig {
             partition_type: None,
             encryption: Encryption::Tpm2,
             pcrs: DEFAULT_PCRS.to_vec(),
+            pcr_public_key: None,
+            pcr_signature: None,
+            signed_pcrs: crate::policy::DEFAULT_SIGNED_PCRS.to_vec(),
             grow: true,
             mount_point: "/var".into(),
             mkfs_options: Vec::new(),
@@ -241,10 +255,26 @@ fn validate(cfg: &Config) -> Result<(), String> {
     }
     validate_persist(&cfg.data.persist, &cfg.data.mount_point)?;
     let pcrs = &cfg.data.pcrs;
-    if pcrs.is_empty() || pcrs.iter().any(|&p| p > 23) {
+    if pcrs.len() > 24 || pcrs.iter().any(|&p| p > 23) {
         return Err(format!(
-            "data.pcrs = {pcrs:?}: expected 1 to 24 PCR numbers 0-23"
+            "data.pcrs = {pcrs:?}: expected up to 24 PCR numbers 0-23"
         ));
+    }
+    let signed = &cfg.data.signed_pcrs;
+    if signed.is_empty() || signed.len() > 24 || signed.iter().any(|&p| p > 23) {
+        return Err(format!(
+            "data.signed_pcrs = {signed:?}: expected 1 to 24 PCR numbers 0-23"
+        ));
+    }
+    for (name, p) in [
+        ("data.pcr_public_key", &cfg.data.pcr_public_key),
+        ("data.pcr_signature", &cfg.data.pcr_signature),
+    ] {
+        match p.as_deref() {
+            None | Some("") => {}
+            Some(p) if p.starts_with('/') => {}
+            Some(p) => return Err(format!("{name} = {p:?}: must be an absolute path or \"\"")),
+        }
     }
     Ok(())
 }
@@ -357,7 +387,8 @@ mod tests {
             "[devices]\ntimeout_secs = -1\n",
             "[devices]\ndisk = \"banana\"\n",
             "[etc]\nstate_dir = \"relative\"\n",
-            "[data]\npcrs = []\n",
+            "[data]\nsigned_pcrs = []\n",
+            "[data]\npcr_public_key = \"key.pem\"\n",
             "[data]\npcrs = [24]\n",
             "[data]\nencryption = \"luks1\"\n",
             "[data]\nmount_point = \"var\"\n",

@@ -12,6 +12,7 @@
 
 use crate::config::Encryption;
 use crate::identity;
+use crate::pcrsig;
 use crate::plan::{DataAction, DataStep, IN_PROGRESS_BIT};
 use crate::provision;
 use crate::reset::{self, ResetDecision};
@@ -127,12 +128,13 @@ fn open(d: &DataStep) -> Result<Option<[u8; 32]>> {
     }
     let t = std::time::Instant::now();
     // The header first: a foreign volume is refused even without a TPM.
-    let token = provision::our_token(&d.dev, &d.pcrs)?;
+    let token = provision::our_token(&d.dev, &d.policy)?;
+    let sigs = signatures(d)?;
     let mut ctx = sys::tpm::context(Path::new("/")).map_err(anyhow::Error::msg)?;
-    let pass = provision::unseal_passphrase(&mut ctx, &d.dev, token)?;
+    let pass = provision::unseal_passphrase(&mut ctx, &d.dev, token, &d.policy, sigs.as_deref())?;
     let vol = luks::volume_key(&d.dev, pass.as_bytes())?;
     let digest = identity::binding_digest(&vol.uuid, &vol.key);
-    tpm_bind::check(&mut ctx, &d.pcrs, &digest).map_err(|e| {
+    tpm_bind::check(&mut ctx, &d.policy, &digest).map_err(|e| {
         anyhow::anyhow!(
             "{} holds LUKS2 volume {} that this machine did not provision: {e}. {}",
             d.dev.display(),
@@ -159,6 +161,22 @@ fn activate(d: &DataStep, vol: &luks::Volume) -> Result<[u8; 32]> {
     luks::open_with_key(&d.dev, &d.name, &vol.key)
         .with_context(|| format!("opening {} as /dev/mapper/{}", d.dev.display(), d.name))?;
     Ok(identity::pcr15_event(&d.name, &vol.uuid, &vol.key))
+}
+
+/// The signed policy's signature file (bounded), when the policy is signed.
+fn signatures(d: &DataStep) -> Result<Option<Vec<u8>>> {
+    let Some(s) = &d.policy.signed else {
+        return Ok(None);
+    };
+    sys::read_bounded(Path::new(&s.signatures), pcrsig::MAX_SIGNATURE_FILE)
+        .map(Some)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the signed PCR policy (key {}) needs its signatures: {e} (boot a UKI built \
+                 with --pcr-private-key, or set data.pcr_signature)",
+                s.key_file
+            )
+        })
 }
 
 /// Extends PCR 15 with an opened volume's event: from here on, the binding
@@ -337,11 +355,13 @@ fn provision_volume(d: &DataStep) -> Result<String> {
 /// LUKS2 + TPM2 keyslot + recovery keyslot, bound to this TPM; hands the
 /// recovery key over, opens and measures the new volume.
 fn encrypt(d: &DataStep) -> Result<String> {
+    // Before anything is written: without them the binding cannot be.
+    let sigs = signatures(d)?;
     let mut ctx = sys::tpm::context(Path::new("/")).map_err(anyhow::Error::msg)?;
-    let (e, pass) = provision::seal_and_format(&mut ctx, &d.dev, &d.pcrs)?;
+    let (e, pass) = provision::seal_and_format(&mut ctx, &d.dev, &d.policy)?;
     let vol = luks::volume_key(&d.dev, pass.as_bytes())?;
     let digest = identity::binding_digest(&vol.uuid, &vol.key);
-    tpm_bind::write(&mut ctx, &d.pcrs, &digest)
+    tpm_bind::write(&mut ctx, &d.policy, sigs.as_deref(), &digest)
         .context("binding the new volume to this TPM (NV index)")?;
     hand_over(&e.recovery_key).context("handing over the recovery key")?;
     log::warn!(

@@ -117,6 +117,17 @@ pub struct Facts {
     /// The firmware's SMBIOS system UUID (`/sys/class/dmi/id/product_uuid`,
     /// QEMU's `-uuid`), raw: the planner decides whether it is usable.
     pub product_uuid: Option<String>,
+    /// A signed PCR policy's files: configured, or the booted UKI's.
+    pub pcr_files: PcrFiles,
+}
+
+/// The files of a signed PCR policy found for this boot.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PcrFiles {
+    /// The public key's path, and its content or why it could not be read.
+    pub key: Option<(String, Result<Vec<u8>, String>)>,
+    /// The signature file's path (its content is read when it is used).
+    pub signature: Option<String>,
 }
 
 /// systemd's loader variables' vendor GUID (efivarfs file name suffix).

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 pub type Target = fn(&[u8]);
 
 /// The targets by name (the fuzz/fuzz_targets file names).
-pub const TARGETS: [(&str, Target); 9] = [
+pub const TARGETS: [(&str, Target); 10] = [
     ("cmdline", cmdline_target),
     ("config", config_target),
     ("gpt", gpt_target),
@@ -25,6 +25,7 @@ pub const TARGETS: [(&str, Target); 9] = [
     ("b64", b64_target),
     ("mountinfo", mountinfo_target),
     ("planner", planner_target),
+    ("pcrsig", pcrsig_target),
 ];
 
 fn text(data: &[u8]) -> &str {
@@ -131,9 +132,16 @@ pub fn grow_target(data: &[u8]) {
 pub fn token_target(data: &[u8]) {
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
         if let Ok(t) = token::parse_token(&v) {
-            let _ = token::policy_mismatch(&t, &[7]);
+            let _ = token::policy_mismatch(&t, &crate::policy::Policy::literal(&[7]));
         }
     }
+}
+
+/// A PCR public key file and a signature file (systemd's formats), both
+/// from the same bytes: neither parser may panic or allocate unbounded.
+pub fn pcrsig_target(data: &[u8]) {
+    let _ = crate::pcrsig::parse_public_key_pem(data);
+    let _ = crate::pcrsig::find_signature(data, &[11], "00", &[0; 32]);
 }
 
 /// Verity options as text, and the same bytes as a hash partition's start.
@@ -172,6 +180,7 @@ pub fn planner_target(data: &[u8]) {
         data_open: false,
         loader_partuuid: None,
         product_uuid: text(line).get(..36).map(str::to_string),
+        pcr_files: Default::default(),
     };
     let mut cfg = config::Config::default();
     for layout in [config::Layout::Slot, config::Layout::Tmpfs] {

@@ -61,6 +61,7 @@ pub fn plan_with_wait(
     // we wait (a driver probing them one by one) may not all be there yet.
     let by_identity = i.cmd.disk.or(i.cfg.devices.disk).is_some() || loader_partuuid.is_some();
     let mut seen: Option<(Vec<String>, Instant)> = None;
+    let pcr_files = sys::pcr_files(&i.root, &i.cfg.data);
     loop {
         let disks = sys::disks(&i.root, images, probe_type);
         let names: Vec<String> = disks.iter().map(|d| d.name.clone()).collect();
@@ -93,6 +94,7 @@ pub fn plan_with_wait(
             data_open: images.is_empty() && sys::mapper_active(plan::DATA_NAME),
             loader_partuuid,
             product_uuid: product_uuid.clone(),
+            pcr_files: pcr_files.clone(),
         };
         match plan::plan(&facts, &i.cmd, &i.cfg) {
             Ok(_) if wait && !by_identity && !quiet && Instant::now() < deadline => {

@@ -3,6 +3,9 @@
 //! encryption core of first-boot provisioning, also usable offline by image
 //! builders and by the VM tests.
 
+use crate::pcrsig::SignatureError;
+use crate::policy::Policy;
+use crate::sys::tpm_policy::PolicyError;
 use crate::sys::{luks, tpm_seal};
 use crate::token;
 use anyhow::{bail, Context as _, Result};
@@ -75,21 +78,21 @@ pub fn encrypt(dev: &Path, tcti: &str, pcrs: &[u8]) -> Result<Encrypted> {
         .with_context(|| format!("TCTI {tcti:?}"))?;
     let mut ctx =
         tss_esapi::Context::new(conf).with_context(|| format!("opening the TPM ({tcti})"))?;
-    Ok(seal_and_format(&mut ctx, dev, pcrs)?.0)
+    Ok(seal_and_format(&mut ctx, dev, &Policy::literal(pcrs))?.0)
 }
 
-/// Seals a fresh secret to `pcrs` and formats `dev` (proven blank by the
+/// Seals a fresh secret under `policy` and formats `dev` (proven blank by the
 /// caller) as LUKS2 with it; returns the TPM keyslot's passphrase too, so
 /// the caller can open the volume without a second unseal.
 pub fn seal_and_format(
     ctx: &mut tss_esapi::Context,
     dev: &Path,
-    pcrs: &[u8],
+    policy: &Policy,
 ) -> Result<(Encrypted, Zeroizing<String>)> {
     let srk = tpm_seal::srk(ctx).context(SRK_REFUSED)?;
     let srk_name = tpm_seal::srk_name(ctx, srk).context("reading the storage root key's name")?;
     let secret = Zeroizing::new(random32()?);
-    let sealed = tpm_seal::seal(ctx, srk, pcrs, &*secret).map_err(|e| {
+    let sealed = tpm_seal::seal(ctx, srk, policy, &*secret).map_err(|e| {
         let why = if is_lockout(&e) {
             format!("sealing the new volume's key: {LOCKOUT}; nothing was written, and the next boot provisions again")
         } else {
@@ -108,9 +111,10 @@ pub fn seal_and_format(
             token::token_json(&token::TpmToken {
                 keyslot: slot,
                 blob: &blob,
-                pcrs,
+                pcrs: &policy.literal,
                 policy_hash: &sealed.policy_hash,
                 srk_name: &srk_name,
+                signed: policy.signed.as_ref().map(|s| (&s.pem[..], &s.pcrs[..])),
             })
         },
     )
@@ -119,17 +123,17 @@ pub fn seal_and_format(
         luks_uuid: e.uuid,
         tpm_keyslot: e.tpm_keyslot,
         recovery_keyslot: e.recovery_keyslot,
-        pcrs: pcrs.to_vec(),
+        pcrs: policy.literal.clone(),
         recovery_key,
     };
     Ok((e, passphrase))
 }
 
 /// `dev`'s systemd-tpm2 token, once its policy is checked to be exactly
-/// the one the helper creates for `pcrs`: a token sealed to anything else
+/// the one the helper creates (`policy`): a token sealed to anything else
 /// was not made by this machine's first boot, and is never unsealed. Reads
 /// the header only (no TPM needed).
-pub fn our_token(dev: &Path, pcrs: &[u8]) -> Result<token::ParsedToken> {
+pub fn our_token(dev: &Path, policy: &Policy) -> Result<token::ParsedToken> {
     let json = luks::tpm2_token(dev)?.with_context(|| {
         format!(
             "{} holds a LUKS2 volume with no systemd-tpm2 token: this machine did not \
@@ -139,7 +143,7 @@ pub fn our_token(dev: &Path, pcrs: &[u8]) -> Result<token::ParsedToken> {
     })?;
     let t = token::parse_token(&json)
         .map_err(|e| anyhow::anyhow!("the systemd-tpm2 token of {}: {e}", dev.display()))?;
-    if let Some(why) = token::policy_mismatch(&t, pcrs) {
+    if let Some(why) = token::policy_mismatch(&t, policy) {
         bail!(
             "{} holds a LUKS2 volume this machine did not provision: {why}. {FOREIGN_ADVICE}",
             dev.display()
@@ -148,12 +152,15 @@ pub fn our_token(dev: &Path, pcrs: &[u8]) -> Result<token::ParsedToken> {
     Ok(t)
 }
 
-/// Unseals the secret of `dev`'s token `t` (from [`our_token`]): its
-/// keyslot passphrase.
+/// Unseals the secret of `dev`'s token `t` (from [`our_token`], so its
+/// policy is `policy`): its keyslot passphrase. `signatures`: the signed
+/// policy's signature file.
 pub fn unseal_passphrase(
     ctx: &mut tss_esapi::Context,
     dev: &Path,
     t: token::ParsedToken,
+    policy: &Policy,
+    signatures: Option<&[u8]>,
 ) -> Result<Zeroizing<String>> {
     let srk = tpm_seal::srk(ctx).context(SRK_REFUSED)?;
     let name = tpm_seal::srk_name(ctx, srk).context("reading the storage root key's name")?;
@@ -169,7 +176,8 @@ pub fn unseal_passphrase(
         policy_hash: Vec::new(),
     };
     let secret = Zeroizing::new(
-        tpm_seal::unseal(ctx, srk, &t.pcrs, &sealed).map_err(|e| unseal_error(e, dev, &t.pcrs))?,
+        tpm_seal::unseal(ctx, srk, policy, &sealed, signatures)
+            .map_err(|e| unseal_error(e, dev, policy))?,
     );
     Ok(Zeroizing::new(token::tpm_passphrase(&secret)))
 }
@@ -181,26 +189,37 @@ const LOCKOUT: &str = "the TPM is in dictionary-attack lockout (too many failed 
     or unclean power-offs): this is not a policy change; it ends after the TPM's lockout \
     recovery time, or when its owner clears it (e.g. tpm2_dictionarylockout --clear-lockout)";
 
-fn is_lockout(e: &tss_esapi::Error) -> bool {
+fn is_lockout(e: &PolicyError) -> bool {
     use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
-    matches!(e, tss_esapi::Error::Tss2Error(rc) if rc.kind() == Some(Tss2ResponseCodeKind::Lockout))
+    matches!(e, PolicyError::Tpm(tss_esapi::Error::Tss2Error(rc)) if rc.kind() == Some(Tss2ResponseCodeKind::Lockout))
 }
 
-fn unseal_error(e: tss_esapi::Error, dev: &Path, pcrs: &[u8]) -> anyhow::Error {
-    let why = if is_lockout(&e) {
-        format!(
+fn unseal_error(e: PolicyError, dev: &Path, policy: &Policy) -> anyhow::Error {
+    let why =
+        if let PolicyError::Signature(SignatureError::NotSigned { pcrs, pol, .. }) = &e {
+            format!(
+            "unsealing the key of {}: PCRs {pcrs:?} are in a state the PCR key's owner did not \
+             sign (PolicyPCR digest {pol}; signatures from {}). This boot is not a UKI signed \
+             by that key, or something else extended those PCRs: nothing was changed; unlock \
+             with the recovery key",
+            dev.display(),
+            policy.signed.as_ref().map_or("-", |s| s.signatures.as_str())
+        )
+        } else if is_lockout(&e) {
+            format!(
             "unsealing the key of {}: {LOCKOUT}; nothing was changed; meanwhile unlock with the \
              recovery key",
             dev.display()
         )
-    } else {
-        format!(
-            "the TPM refused to unseal the key of {} (policy: sha256 PCRs {pcrs:?}). If the \
+        } else {
+            format!(
+                "the TPM refused to unseal the key of {} (policy: {}). If the \
              firmware, its settings or the Secure Boot databases changed since enrollment, this is \
              expected: nothing was changed; unlock with the recovery key",
-            dev.display()
-        )
-    };
+                dev.display(),
+                policy.describe()
+            )
+        };
     anyhow::Error::new(e).context(why)
 }
 
@@ -223,14 +242,15 @@ mod tests {
     fn lockout_is_named_as_such_not_as_a_policy_change() {
         use tss_esapi::constants::response_code::Tss2ResponseCode;
         let dev = Path::new("/dev/vda6");
+        let p7 = Policy::literal(&[7]);
         let lockout = tss_esapi::Error::Tss2Error(Tss2ResponseCode::from(0x0000_0921));
-        let t = format!("{:#}", unseal_error(lockout, dev, &[7]));
+        let t = format!("{:#}", unseal_error(lockout.into(), dev, &p7));
         assert!(
             t.contains("dictionary-attack lockout") && t.contains("not a policy change"),
             "{t}"
         );
         let policy = tss_esapi::Error::Tss2Error(Tss2ResponseCode::from(0x0000_099d));
-        let t = format!("{:#}", unseal_error(policy, dev, &[7]));
+        let t = format!("{:#}", unseal_error(policy.into(), dev, &p7));
         assert!(
             t.contains("refused to unseal") && !t.contains("lockout"),
             "{t}"

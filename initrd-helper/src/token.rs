@@ -7,6 +7,8 @@
 //!   groups of 8 joined by `-` (systemd-cryptenroll's format).
 
 use crate::b64;
+use crate::pcrsig;
+use crate::policy::{Policy, Signed};
 use serde_json::{json, Value};
 
 /// A TPM2B: big-endian u16 size, then the bytes.
@@ -31,6 +33,8 @@ pub struct TpmToken<'a> {
     pub policy_hash: &'a [u8],
     /// The SRK's TPM name at enrollment (our own field; systemd ignores it).
     pub srk_name: &'a [u8],
+    /// A signed policy: the key's PEM file and the PCRs it signs.
+    pub signed: Option<(&'a [u8], &'a [u8])>,
 }
 
 /// Our token field pinning the SRK the secret was sealed under.
@@ -42,7 +46,7 @@ fn hex(b: &[u8]) -> String {
 
 /// The token JSON as systemd 252 writes it (hyphenated keys).
 pub fn token_json(t: &TpmToken) -> Value {
-    json!({
+    let mut v = json!({
         "type": "systemd-tpm2",
         "keyslots": [t.keyslot.to_string()],
         "tpm2-blob": b64::encode(t.blob),
@@ -52,7 +56,13 @@ pub fn token_json(t: &TpmToken) -> Value {
         "tpm2-policy-hash": hex(t.policy_hash),
         "tpm2-pin": false,
         SRK_FIELD: hex(t.srk_name),
-    })
+    });
+    // systemd's signed-policy fields (underscores, as 252 writes them).
+    if let Some((pem, pcrs)) = t.signed {
+        v["tpm2_pubkey"] = json!(b64::encode(pem));
+        v["tpm2_pubkey_pcrs"] = json!(pcrs);
+    }
+    v
 }
 
 /// What unlocking needs from a `systemd-tpm2` token (ours or systemd-cryptenroll's).
@@ -63,11 +73,15 @@ pub struct ParsedToken {
     pub pcrs: Vec<u8>,
     /// `tpm2-primary-alg` (systemd: absent means "ecc" for 252's tokens).
     pub primary_alg: String,
-    /// A signed-policy public key (`tpm2_pubkey`): not a policy we create yet.
-    pub signed_policy: bool,
+    /// A signed policy: the key (`tpm2_pubkey`, PEM bytes) and the PCRs it
+    /// signs (`tpm2_pubkey_pcrs`).
+    pub signed: Option<SignedFields>,
     /// The SRK name pinned at enrollment (hex), when the token has one.
     pub srk_name: Option<String>,
 }
+
+/// A token's signed policy: the key's PEM bytes and the PCRs it signs.
+pub type SignedFields = (Vec<u8>, Vec<u8>);
 
 /// Why the TPM's current SRK is not the one the token was sealed under.
 pub fn srk_mismatch(t: &ParsedToken, current: &[u8]) -> Option<String> {
@@ -86,19 +100,21 @@ pub fn srk_mismatch(t: &ParsedToken, current: &[u8]) -> Option<String> {
 /// Why a token's policy is not the one the helper creates: then the volume
 /// was not made by this machine's first boot, and is never unsealed (an
 /// attacker can seal to any PCR set; systemd#40410).
-pub fn policy_mismatch(t: &ParsedToken, pcrs: &[u8]) -> Option<String> {
+pub fn policy_mismatch(t: &ParsedToken, policy: &Policy) -> Option<String> {
     let set = |p: &[u8]| {
         let mut v = p.to_vec();
         v.sort_unstable();
         v.dedup();
         v
     };
-    if set(&t.pcrs) != set(pcrs) {
+    if set(&t.pcrs) != policy.literal {
         return Some(format!(
             "its token is sealed to sha256 PCRs {:?}, the helper seals to {:?} (data.pcrs)",
-            t.pcrs,
-            set(pcrs)
+            t.pcrs, policy.literal
         ));
+    }
+    if let Some(why) = signed_mismatch(t.signed.as_ref(), policy.signed.as_deref()) {
+        return Some(why);
     }
     if t.primary_alg != "ecc" {
         return Some(format!(
@@ -106,13 +122,41 @@ pub fn policy_mismatch(t: &ParsedToken, pcrs: &[u8]) -> Option<String> {
             t.primary_alg
         ));
     }
-    if t.signed_policy {
-        return Some(
-            "its token uses a signed PCR policy (tpm2_pubkey), which the helper does not create"
-                .into(),
-        );
-    }
     None
+}
+
+/// The token's signed policy against the one planned: the same key (by
+/// fingerprint) over the same PCRs, or neither has one.
+fn signed_mismatch(token: Option<&SignedFields>, planned: Option<&Signed>) -> Option<String> {
+    match (token, planned) {
+        (None, None) => None,
+        (Some(_), None) => Some(
+            "its token uses a signed PCR policy (tpm2_pubkey), and this boot has no PCR public \
+             key (boot the UKI that carries it, or set data.pcr_public_key)"
+                .into(),
+        ),
+        (None, Some(s)) => Some(format!(
+            "its token has no signed PCR policy, the helper seals under key {} (the UKI's \
+             .pcrpkey or data.pcr_public_key)",
+            s.pkfp
+        )),
+        (Some((pem, pcrs)), Some(s)) => {
+            let fp = pcrsig::parse_public_key_pem(pem).map(|k| k.fingerprint());
+            match fp {
+                Err(e) => Some(format!("its token's tpm2_pubkey is not usable: {e}")),
+                Ok(fp) if fp != s.pkfp => Some(format!(
+                    "its token's signed policy is by key {fp}, this boot's key is {}",
+                    s.pkfp
+                )),
+                Ok(_) if *pcrs != s.pcrs => Some(format!(
+                    "its token's signed policy covers PCRs {pcrs:?}, the helper's {:?} \
+                     (data.signed_pcrs)",
+                    s.pcrs
+                )),
+                Ok(_) => None,
+            }
+        }
+    }
 }
 
 /// Splits one TPM2B off the front of `b`.
@@ -151,15 +195,37 @@ pub fn parse_token(v: &Value) -> Result<ParsedToken, String> {
         .collect::<Option<Vec<u8>>>()
         .ok_or("tpm2-pcrs holds a value that is not a PCR number")?;
     let primary_alg = v["tpm2-primary-alg"].as_str().unwrap_or("ecc");
-    let signed_policy = !v["tpm2_pubkey"].is_null() || !v["tpm2_pubkey_pcrs"].is_null();
+    let signed = signed_fields(v)?;
     Ok(ParsedToken {
         private: private.to_vec(),
         public: public.to_vec(),
         pcrs,
         primary_alg: cut(primary_alg, 16),
-        signed_policy,
+        signed,
         srk_name: v[SRK_FIELD].as_str().map(|s| cut(s, 140)),
     })
+}
+
+/// `tpm2_pubkey` (base64 of a PEM file, bounded) and `tpm2_pubkey_pcrs`.
+fn signed_fields(v: &Value) -> Result<Option<SignedFields>, String> {
+    if v["tpm2_pubkey"].is_null() && v["tpm2_pubkey_pcrs"].is_null() {
+        return Ok(None);
+    }
+    let pem = v["tpm2_pubkey"]
+        .as_str()
+        .filter(|s| s.len() as u64 <= pcrsig::MAX_KEY_FILE * 2)
+        .and_then(|s| b64::decode(s).ok())
+        .ok_or("tpm2_pubkey is missing, too long or not base64")?;
+    let pcrs = v["tpm2_pubkey_pcrs"]
+        .as_array()
+        .filter(|a| !a.is_empty() && a.len() <= 24)
+        .and_then(|a| {
+            a.iter()
+                .map(|p| p.as_u64().filter(|&n| n < 24).map(|n| n as u8))
+                .collect::<Option<Vec<u8>>>()
+        })
+        .ok_or("tpm2_pubkey_pcrs is missing or not a list of PCR numbers")?;
+    Ok(Some((pem, pcrs)))
 }
 
 /// At most `n` characters of a value read from a disk, for messages.
@@ -205,6 +271,7 @@ mod tests {
             pcrs: &[7],
             policy_hash: &[0xab, 0x01],
             srk_name: &[0x00, 0x0b, 0xcd],
+            signed: None,
         };
         let j = token_json(&t);
         assert_eq!(j["type"], "systemd-tpm2");
@@ -233,6 +300,7 @@ mod tests {
             pcrs: &[0, 7],
             policy_hash: &[0xab],
             srk_name: &[],
+            signed: None,
         };
         let p = parse_token(&token_json(&t)).unwrap();
         assert_eq!(
@@ -255,29 +323,91 @@ mod tests {
             pcrs: &[7],
             policy_hash: &[0xab],
             srk_name: &[],
+            signed: None,
         };
         let ours = parse_token(&token_json(&t)).unwrap();
-        assert_eq!(policy_mismatch(&ours, &[7]), None);
-        assert_eq!(policy_mismatch(&ours, &[7, 7]), None);
-        assert!(policy_mismatch(&ours, &[7, 16])
+        assert_eq!(policy_mismatch(&ours, &Policy::literal(&[7])), None);
+        assert_eq!(policy_mismatch(&ours, &Policy::literal(&[7, 7])), None);
+        assert!(policy_mismatch(&ours, &Policy::literal(&[7, 16]))
             .unwrap()
             .contains("[7, 16]"));
         let mut j = token_json(&TpmToken { pcrs: &[16], ..t });
-        assert!(policy_mismatch(&parse_token(&j).unwrap(), &[7])
-            .unwrap()
-            .contains("PCRs [16]"));
+        assert!(
+            policy_mismatch(&parse_token(&j).unwrap(), &Policy::literal(&[7]))
+                .unwrap()
+                .contains("PCRs [16]")
+        );
         j["tpm2-pcrs"] = json!([7]);
         j["tpm2-primary-alg"] = json!("rsa");
-        assert!(policy_mismatch(&parse_token(&j).unwrap(), &[7])
-            .unwrap()
-            .contains("rsa"));
+        assert!(
+            policy_mismatch(&parse_token(&j).unwrap(), &Policy::literal(&[7]))
+                .unwrap()
+                .contains("rsa")
+        );
         j["tpm2-primary-alg"] = json!("ecc");
         j["tpm2_pubkey"] = json!("AAAA");
-        assert!(policy_mismatch(&parse_token(&j).unwrap(), &[7])
-            .unwrap()
-            .contains("signed"));
+        assert!(parse_token(&j).unwrap_err().contains("tpm2_pubkey_pcrs"));
+        j["tpm2_pubkey_pcrs"] = json!([11]);
+        assert!(
+            policy_mismatch(&parse_token(&j).unwrap(), &Policy::literal(&[7]))
+                .unwrap()
+                .contains("signed")
+        );
         j["tpm2-pcr-bank"] = json!("x".repeat(5000));
         assert!(parse_token(&j).unwrap_err().len() < 100, "values are cut");
+    }
+
+    fn signed(pcrs: &[u8]) -> Policy {
+        let pem = include_bytes!("../tests/data/pcr-public-key.pem").to_vec();
+        let key = pcrsig::parse_public_key_pem(&pem).unwrap();
+        Policy {
+            literal: vec![7],
+            signed: Some(Box::new(Signed {
+                pcrs: pcrs.to_vec(),
+                pkfp: key.fingerprint(),
+                key_file: "k".into(),
+                signatures: "s".into(),
+                key,
+                pem,
+            })),
+        }
+    }
+
+    #[test]
+    fn a_signed_policy_must_match_key_and_pcrs() {
+        let policy = signed(&[11]);
+        let s = policy.signed.as_ref().unwrap();
+        let t = TpmToken {
+            keyslot: 0,
+            blob: &blob(&[1], &[2]),
+            pcrs: &[7],
+            policy_hash: &[0xab],
+            srk_name: &[],
+            signed: Some((&s.pem, &s.pcrs)),
+        };
+        let j = token_json(&t);
+        assert_eq!(j["tpm2_pubkey_pcrs"], json!([11]));
+        assert_eq!(
+            b64::decode(j["tpm2_pubkey"].as_str().unwrap()).unwrap(),
+            s.pem
+        );
+        let ours = parse_token(&j).unwrap();
+        assert_eq!(policy_mismatch(&ours, &policy), None);
+        let why = policy_mismatch(&ours, &signed(&[11, 12])).unwrap();
+        assert!(why.contains("data.signed_pcrs"), "{why}");
+        let why = policy_mismatch(&ours, &Policy::literal(&[7])).unwrap();
+        assert!(why.contains("no PCR public key"), "{why}");
+        let literal = parse_token(&token_json(&TpmToken { signed: None, ..t })).unwrap();
+        assert!(policy_mismatch(&literal, &policy)
+            .unwrap()
+            .contains("no signed PCR policy"));
+        let mut other = policy.clone();
+        if let Some(s) = other.signed.as_mut() {
+            s.pkfp = "00".repeat(32);
+        }
+        assert!(policy_mismatch(&ours, &other)
+            .unwrap()
+            .contains("this boot's key"));
     }
 
     #[test]

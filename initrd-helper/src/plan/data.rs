@@ -7,6 +7,8 @@ use crate::config::{Config, Encryption, Layout};
 
 use crate::dps;
 use crate::facts::{DiskFacts, Facts, PartitionFacts, TpmFacts};
+use crate::pcrsig;
+use crate::policy::{Policy, Signed};
 use crate::sys::blkid::Signature;
 
 /// The data partition of the boot disk, if it has one.
@@ -155,7 +157,7 @@ pub(super) fn data_step(
         number: p.gpt.number,
         dev: p.dev.clone(),
         encryption: cfg.data.encryption,
-        pcrs: cfg.data.pcrs.clone(),
+        policy: tpm_policy(cfg, facts)?,
         grow: cfg.data.grow && is_last,
         disk_growth: disk_growth(disk),
         name: DATA_NAME.into(),
@@ -165,6 +167,38 @@ pub(super) fn data_step(
         reset,
         mkfs_options: cfg.data.mkfs_options.clone(),
     })))
+}
+
+/// The policy a volume is sealed under: the literal PCRs, plus a signed
+/// PCR policy when a public key is configured or the UKI brought one.
+fn tpm_policy(cfg: &Config, facts: &Facts) -> Result<Policy, PlanError> {
+    let mut policy = Policy::literal(&cfg.data.pcrs);
+    if cfg.data.encryption == Encryption::None {
+        return Ok(policy);
+    }
+    if let Some((path, content)) = &facts.pcr_files.key {
+        let bad = |why: String| PlanError::BadPcrKey {
+            path: path.clone(),
+            why,
+        };
+        let pem = content.clone().map_err(bad)?;
+        let key = pcrsig::parse_public_key_pem(&pem).map_err(bad)?;
+        policy.signed = Some(Box::new(Signed {
+            pcrs: cfg.data.signed_pcrs.clone(),
+            pkfp: key.fingerprint(),
+            key_file: path.clone(),
+            signatures: facts
+                .pcr_files
+                .signature
+                .clone()
+                .unwrap_or_else(|| crate::policy::STUB_SIGNATURE.into()),
+            key,
+            pem,
+        }));
+    } else if policy.literal.is_empty() {
+        return Err(PlanError::NoPolicy);
+    }
+    Ok(policy)
 }
 
 #[cfg(test)]
@@ -197,6 +231,46 @@ mod tests {
         match s {
             Step::Data(d) => (&d.action, d.reset.as_deref()),
             s => panic!("{s:?}"),
+        }
+    }
+
+    #[test]
+    fn the_policy_is_signed_when_the_boot_brings_a_key() {
+        let cmd = Cmdline::default();
+        let policy = |f: &Facts, cfg: &Config| tpm_policy(cfg, f);
+        let mut f = data_facts(Ok(Signature::None), 0, true);
+        let cfg = dev_cfg();
+        assert_eq!(policy(&f, &cfg).unwrap(), Policy::literal(&[7]));
+        let pem = include_bytes!("../../tests/data/pcr-public-key.pem").to_vec();
+        f.pcr_files.key = Some((crate::policy::STUB_PUBLIC_KEY.into(), Ok(pem)));
+        let p = policy(&f, &cfg).unwrap();
+        let s = p.signed.as_deref().unwrap();
+        assert_eq!(
+            (p.literal.as_slice(), s.pcrs.as_slice()),
+            (&[7][..], &[11][..])
+        );
+        assert_eq!(
+            s.pkfp,
+            include_str!("../../tests/data/pcr-public-key.pkfp").trim()
+        );
+        assert_eq!(s.signatures, crate::policy::STUB_SIGNATURE);
+        let line = data_plan(&f, &cmd).unwrap().describe();
+        assert!(
+            line.contains("signed policy over PCRs [11] (key 95ac7adcd9e5…) and PCRs [7]"),
+            "{line}"
+        );
+        // Literal PCRs may be dropped only when a key signs the rest.
+        let mut only_signed = cfg.clone();
+        only_signed.data.pcrs.clear();
+        assert!(policy(&f, &only_signed).unwrap().literal.is_empty());
+        let mut none = f.clone();
+        none.pcr_files.key = None;
+        assert_eq!(policy(&none, &only_signed), Err(PlanError::NoPolicy));
+        // A key that is there but unusable stops the plan, naming the file.
+        f.pcr_files.key = Some(("/k.pem".into(), Ok(b"junk".to_vec())));
+        match policy(&f, &cfg) {
+            Err(PlanError::BadPcrKey { path, .. }) => assert_eq!(path, "/k.pem"),
+            r => panic!("{r:?}"),
         }
     }
 

@@ -78,6 +78,10 @@ pub enum PlanError {
         name: String,
         tpm: String,
     },
+    #[error("the signed PCR policy's public key {path} cannot be used: {why}; nothing was changed (fix data.pcr_public_key, or rebuild the UKI with a valid --pcr-public-key)")]
+    BadPcrKey { path: String, why: String },
+    #[error("data.pcrs = [] and no signed PCR policy (no data.pcr_public_key, and the boot brought no /.extra/tpm2-pcr-public-key.pem): the volume's secret would be sealed to nothing; refusing (name literal PCRs, or boot a UKI with .pcrpkey)")]
+    NoPolicy,
 }
 
 fn searched_text(disks: &[String]) -> String {

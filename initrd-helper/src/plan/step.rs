@@ -32,7 +32,9 @@ pub struct DataStep {
     pub number: u32,
     pub dev: PathBuf,
     pub encryption: Encryption,
-    pub pcrs: Vec<u8>,
+    /// The TPM policy a new volume's secret is sealed under, and the one an
+    /// existing volume's token must carry exactly.
+    pub policy: crate::policy::Policy,
     /// Grow to the disk's end when provisioning (last partition only).
     pub grow: bool,
     /// Bytes of disk past the partition table's end: the disk grew since
@@ -213,13 +215,13 @@ impl Step {
                 target,
                 action,
                 reset,
-                pcrs,
+                policy,
                 grow,
                 disk_growth,
                 ..
             }) => {
                 let how = match encryption {
-                    Encryption::Tpm2 => format!("LUKS2 sealed to TPM2 PCRs {pcrs:?}"),
+                    Encryption::Tpm2 => format!("LUKS2 sealed to {}", policy.describe()),
                     Encryption::None => "unencrypted ext4".into(),
                 };
                 let what = match action {

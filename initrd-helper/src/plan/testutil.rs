@@ -71,6 +71,7 @@ pub(crate) fn facts(disks: Vec<DiskFacts>) -> Facts {
         data_open: false,
         loader_partuuid: None,
         product_uuid: None,
+        pcr_files: Default::default(),
     }
 }
 

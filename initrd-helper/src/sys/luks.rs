@@ -245,7 +245,13 @@ mod tests {
         let mut ctx = swtpm_test::context(&t);
         let srk = tpm_seal::srk(&mut ctx).unwrap();
         let secret = [0x5au8; 32];
-        let sealed = tpm_seal::seal(&mut ctx, srk, &[7], &secret).unwrap();
+        let sealed = tpm_seal::seal(
+            &mut ctx,
+            srk,
+            &crate::policy::Policy::literal(&[7]),
+            &secret,
+        )
+        .unwrap();
         drop(ctx); // the plugin opens the TPM itself
         let blob = token::blob(&sealed.private, &sealed.public);
         let recovery = token::recovery_key(&[0x11; 32]);
@@ -261,6 +267,7 @@ mod tests {
                     pcrs: &[7],
                     policy_hash: &sealed.policy_hash,
                     srk_name: &[0x00, 0x0b],
+                    signed: None,
                 })
             },
         )

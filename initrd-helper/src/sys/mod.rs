@@ -11,6 +11,7 @@ pub mod luks;
 pub mod mount;
 pub mod tpm;
 pub mod tpm_bind;
+pub mod tpm_policy;
 pub mod tpm_seal;
 pub mod verity;
 
@@ -50,6 +51,42 @@ pub fn product_uuid(root: &Path) -> Option<String> {
         .read_to_string(&mut s)
         .ok()?;
     Some(s.trim().to_string())
+}
+
+/// Reads at most `max` bytes of `p`; more is an error (a file that large
+/// is not what it claims to be).
+pub fn read_bounded(p: &Path, max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    std::fs::File::open(p)
+        .and_then(|f| f.take(max + 1).read_to_end(&mut buf))
+        .map_err(|e| format!("reading {}: {e}", p.display()))?;
+    if buf.len() as u64 > max {
+        return Err(format!("{} is larger than {max} bytes", p.display()));
+    }
+    Ok(buf)
+}
+
+/// The signed-policy key and signature file under `root`: the configured
+/// paths, else the first of the stub's and systemd's copies that exists.
+/// A configured `""` means none.
+pub fn pcr_files(root: &Path, d: &crate::config::DataConfig) -> crate::facts::PcrFiles {
+    use crate::policy::{RUN_PUBLIC_KEY, RUN_SIGNATURE, STUB_PUBLIC_KEY, STUB_SIGNATURE};
+    let at = |p: &str| root.join(p.trim_start_matches('/'));
+    let pick = |configured: &Option<String>, defaults: [&str; 2]| match configured.as_deref() {
+        Some("") => None,
+        Some(p) => Some(p.to_string()),
+        None => defaults
+            .into_iter()
+            .find(|p| at(p).exists())
+            .map(str::to_string),
+    };
+    let key = pick(&d.pcr_public_key, [STUB_PUBLIC_KEY, RUN_PUBLIC_KEY]).map(|p| {
+        let content = read_bounded(&at(&p), crate::pcrsig::MAX_KEY_FILE);
+        (p, content)
+    });
+    let signature = pick(&d.pcr_signature, [STUB_SIGNATURE, RUN_SIGNATURE]);
+    crate::facts::PcrFiles { key, signature }
 }
 
 /// `LoaderDevicePartUUID` from efivarfs under `root`, when the boot loader

@@ -17,6 +17,8 @@
 //! and the same policy PCRs (their own initrd at an unchanged PCR 7) can
 //! write the index, and can also unseal the real volume's secret.
 
+use crate::policy::Policy;
+use crate::sys::tpm_policy::{self, PolicyError, PolicyResult};
 use crate::sys::tpm_seal::{self, pcr_selection, TpmResult};
 use tss_esapi::attributes::NvIndexAttributesBuilder;
 use tss_esapi::constants::SessionType;
@@ -40,6 +42,8 @@ const NV_WRITTEN: u32 = 1 << 29;
 pub enum BindError {
     #[error("TPM: {0}")]
     Tpm(#[from] tss_esapi::Error),
+    #[error("{0}")]
+    Policy(#[from] PolicyError),
     #[error(
         "PCR {MEASURE_PCR} is already extended (something opened a volume before the helper ran): \
          the binding cannot be checked or written"
@@ -60,12 +64,10 @@ pub enum BindError {
     Mismatch,
 }
 
-/// The configured PCRs plus PCR 15, sorted and without repeats.
-fn policy_pcrs(pcrs: &[u8]) -> Vec<u8> {
-    let mut v: Vec<u8> = pcrs.iter().copied().chain([MEASURE_PCR]).collect();
-    v.sort_unstable();
-    v.dedup();
-    v
+/// The volume's policy with PCR 15 (= zero) added to its literal PCRs:
+/// the index's write policy.
+fn write_policy(policy: &Policy) -> Policy {
+    policy.with_literal(MEASURE_PCR)
 }
 
 fn index() -> TpmResult<NvIndexTpmHandle> {
@@ -84,20 +86,20 @@ pub fn pcr15_is_zero(ctx: &mut Context) -> TpmResult<bool> {
 
 /// The index's public area as the helper defines it, its policy computed
 /// over the PCRs' current values (PCR 15 must be zero now).
-fn expected_public(ctx: &mut Context, pcrs: &[u8]) -> TpmResult<NvPublic> {
-    let policy = tpm_seal::policy_digest(ctx, &pcr_selection(&policy_pcrs(pcrs))?)?;
+fn expected_public(ctx: &mut Context, policy: &Policy) -> PolicyResult<NvPublic> {
+    let policy = tpm_policy::digest(ctx, &write_policy(policy))?;
     let attrs = NvIndexAttributesBuilder::new()
         .with_policy_write(true)
         .with_auth_read(true)
         .with_no_da(true)
         .build()?;
-    NvPublicBuilder::new()
+    Ok(NvPublicBuilder::new()
         .with_nv_index(index()?)
         .with_index_name_algorithm(HashingAlgorithm::Sha256)
         .with_index_attributes(attrs)
         .with_index_auth_policy(policy)
         .with_data_area_size(DIGEST_LEN)
-        .build()
+        .build()?)
 }
 
 /// The index's handle, or `None` when it is not defined.
@@ -133,9 +135,14 @@ fn require_pcr15_zero(ctx: &mut Context) -> Result<(), BindError> {
 
 /// Writes `digest` as the binding, (re)defining the index as ours first
 /// when it is absent or not ours. Provisioning only, before `measure`.
-pub fn write(ctx: &mut Context, pcrs: &[u8], digest: &[u8; 32]) -> Result<(), BindError> {
+pub fn write(
+    ctx: &mut Context,
+    policy: &Policy,
+    signatures: Option<&[u8]>,
+    digest: &[u8; 32],
+) -> Result<(), BindError> {
     require_pcr15_zero(ctx)?;
-    let want = expected_public(ctx, pcrs)?;
+    let want = expected_public(ctx, policy)?;
     let handle = match lookup(ctx)? {
         Some(h) if same_public(&ctx.nv_read_public(h)?.0, &want) => h,
         found => {
@@ -148,23 +155,23 @@ pub fn write(ctx: &mut Context, pcrs: &[u8], digest: &[u8; 32]) -> Result<(), Bi
         }
     };
     let session = tpm_seal::start(ctx, None, SessionType::Policy)?;
-    let sel = pcr_selection(&policy_pcrs(pcrs))?;
     let data = MaxNvBuffer::try_from(digest.to_vec())?;
     let result = PolicySession::try_from(session)
-        .and_then(|p| ctx.execute_without_session(|c| c.policy_pcr(p, Digest::default(), sel)))
+        .map_err(PolicyError::from)
+        .and_then(|p| tpm_policy::satisfy(ctx, p, &write_policy(policy), signatures))
         .and_then(|_| {
-            ctx.execute_with_session(Some(session), |c| {
+            Ok(ctx.execute_with_session(Some(session), |c| {
                 c.nv_write(NvAuth::NvIndex(handle), handle, data, 0)
-            })
+            })?)
         });
     ctx.flush_context(tss_esapi::handles::SessionHandle::from(session).into())?;
     Ok(result?)
 }
 
 /// Checks that the binding index is ours and names this volume.
-pub fn check(ctx: &mut Context, pcrs: &[u8], digest: &[u8; 32]) -> Result<(), BindError> {
+pub fn check(ctx: &mut Context, policy: &Policy, digest: &[u8; 32]) -> Result<(), BindError> {
     require_pcr15_zero(ctx)?;
-    let want = expected_public(ctx, pcrs)?;
+    let want = expected_public(ctx, policy)?;
     let handle = lookup(ctx)?.ok_or(BindError::Missing)?;
     let (found, _) = ctx.nv_read_public(handle)?;
     if !same_public(&found, &want) {
@@ -195,10 +202,17 @@ mod tests {
     use super::*;
     use crate::sys::swtpm_test::{context, swtpm};
 
+    fn p7() -> Policy {
+        Policy::literal(&[7])
+    }
+
     #[test]
-    fn policy_pcrs_add_15_once() {
-        assert_eq!(policy_pcrs(&[7]), vec![7, 15]);
-        assert_eq!(policy_pcrs(&[15, 0, 7]), vec![0, 7, 15]);
+    fn write_policy_adds_15_once() {
+        assert_eq!(write_policy(&Policy::literal(&[7])).literal, vec![7, 15]);
+        assert_eq!(
+            write_policy(&Policy::literal(&[15, 0, 7])).literal,
+            vec![0, 7, 15]
+        );
     }
 
     #[test]
@@ -206,29 +220,29 @@ mod tests {
         let t = swtpm();
         let mut ctx = context(&t);
         assert!(matches!(
-            check(&mut ctx, &[7], &[1; 32]),
+            check(&mut ctx, &p7(), &[1; 32]),
             Err(BindError::Missing)
         ));
-        write(&mut ctx, &[7], &[1; 32]).unwrap();
-        check(&mut ctx, &[7], &[1; 32]).unwrap();
+        write(&mut ctx, &p7(), None, &[1; 32]).unwrap();
+        check(&mut ctx, &p7(), &[1; 32]).unwrap();
         assert!(matches!(
-            check(&mut ctx, &[7], &[2; 32]),
+            check(&mut ctx, &p7(), &[2; 32]),
             Err(BindError::Mismatch)
         ));
         // Another policy is another index: a token for other PCRs cannot
         // borrow this binding.
         assert!(matches!(
-            check(&mut ctx, &[7, 16], &[1; 32]),
+            check(&mut ctx, &Policy::literal(&[7, 16]), &[1; 32]),
             Err(BindError::ForeignIndex)
         ));
         // Rewriting (a factory reset) keeps the index and replaces the digest.
-        write(&mut ctx, &[7], &[2; 32]).unwrap();
-        check(&mut ctx, &[7], &[2; 32]).unwrap();
+        write(&mut ctx, &p7(), None, &[2; 32]).unwrap();
+        check(&mut ctx, &p7(), &[2; 32]).unwrap();
         // Once a volume is open, nothing can be written or checked.
         measure(&mut ctx, &[9; 32]).unwrap();
         assert!(!pcr15_is_zero(&mut ctx).unwrap());
         assert!(matches!(
-            write(&mut ctx, &[7], &[3; 32]),
+            write(&mut ctx, &p7(), None, &[3; 32]),
             Err(BindError::PcrExtended)
         ));
     }
@@ -237,10 +251,10 @@ mod tests {
     fn swtpm_redefined_index_is_not_ours_and_cannot_be_filled_later() {
         let t = swtpm();
         let mut ctx = context(&t);
-        write(&mut ctx, &[7], &[1; 32]).unwrap();
+        write(&mut ctx, &p7(), None, &[1; 32]).unwrap();
         // The running system (PCR 15 extended) deletes the index and defines
         // one exactly like ours: the TPM refuses the write, so it stays unwritten.
-        let want = expected_public(&mut ctx, &[7]).unwrap();
+        let want = expected_public(&mut ctx, &p7()).unwrap();
         measure(&mut ctx, &[9; 32]).unwrap();
         let h = lookup(&mut ctx).unwrap().unwrap();
         ctx.execute_with_nullauth_session(|c| c.nv_undefine_space(Provision::Owner, h))

@@ -25,6 +25,9 @@ use tss_esapi::structures::{
 use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::Context;
 
+use crate::policy::Policy;
+use crate::sys::tpm_policy::{self, PolicyError, PolicyResult};
+
 /// Where systemd (systemd-tpm2-setup) and we keep the storage root key.
 pub const SRK_HANDLE: u32 = 0x8100_0001;
 
@@ -176,17 +179,6 @@ fn salted(ctx: &mut Context, srk: KeyHandle, kind: SessionType) -> TpmResult<Aut
     Ok(s)
 }
 
-/// The policy digest of PolicyPCR over the PCRs' current values.
-pub(crate) fn policy_digest(ctx: &mut Context, pcrs: &PcrSelectionList) -> TpmResult<Digest> {
-    let trial = start(ctx, None, SessionType::Trial)?;
-    let session = PolicySession::try_from(trial)?;
-    let result = ctx
-        .execute_without_session(|c| c.policy_pcr(session, Digest::default(), pcrs.clone()))
-        .and_then(|_| ctx.execute_without_session(|c| c.policy_get_digest(session)));
-    ctx.flush_context(tss_esapi::handles::SessionHandle::from(trial).into())?;
-    result
-}
-
 fn sealed_template(policy: Digest) -> TpmResult<Public> {
     // No userWithAuth: only the PCR policy can unseal.
     let attrs = ObjectAttributesBuilder::new()
@@ -204,11 +196,15 @@ fn sealed_template(policy: Digest) -> TpmResult<Public> {
         .build()
 }
 
-/// Seals `secret` to the current values of `pcrs` (sha256 bank).
-pub fn seal(ctx: &mut Context, srk: KeyHandle, pcrs: &[u8], secret: &[u8]) -> TpmResult<Sealed> {
-    let selection = pcr_selection(pcrs)?;
-    let policy = policy_digest(ctx, &selection)?;
-    let public = sealed_template(policy.clone())?;
+/// Seals `secret` under `policy` (its literal PCRs at their values now).
+pub fn seal(
+    ctx: &mut Context,
+    srk: KeyHandle,
+    policy: &Policy,
+    secret: &[u8],
+) -> PolicyResult<Sealed> {
+    let digest = tpm_policy::digest(ctx, policy)?;
+    let public = sealed_template(digest.clone())?;
     let data = SensitiveData::try_from(secret.to_vec())?;
     let session = salted(ctx, srk, SessionType::Hmac)?;
     let created = ctx.execute_with_session(Some(session), |c| {
@@ -219,27 +215,34 @@ pub fn seal(ctx: &mut Context, srk: KeyHandle, pcrs: &[u8], secret: &[u8]) -> Tp
     Ok(Sealed {
         private: created.out_private.value().to_vec(),
         public: created.out_public.marshall()?,
-        policy_hash: policy.value().to_vec(),
+        policy_hash: digest.value().to_vec(),
     })
 }
 
-/// Unseals; fails with a policy error when the PCRs no longer match.
+/// Unseals; fails with a policy error when the PCRs no longer match (or,
+/// signed, when no signature covers their values). `signatures`: the
+/// signature file's content, for a signed policy.
 pub fn unseal(
     ctx: &mut Context,
     srk: KeyHandle,
-    pcrs: &[u8],
+    policy: &Policy,
     sealed: &Sealed,
-) -> TpmResult<Vec<u8>> {
+    signatures: Option<&[u8]>,
+) -> PolicyResult<Vec<u8>> {
     let private = Private::try_from(sealed.private.clone())?;
     let public = Public::unmarshall(&sealed.public)?;
     let key = ctx.execute_with_nullauth_session(|c| c.load(srk, private, public))?;
-    let session = salted(ctx, srk, SessionType::Policy)?;
-    let selection = pcr_selection(pcrs)?;
+    let session = match salted(ctx, srk, SessionType::Policy) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = ctx.flush_context(key.into());
+            return Err(e.into());
+        }
+    };
     let result = PolicySession::try_from(session)
-        .and_then(|p| {
-            ctx.execute_without_session(|c| c.policy_pcr(p, Digest::default(), selection))
-        })
-        .and_then(|_| ctx.execute_with_session(Some(session), |c| c.unseal(key.into())))
+        .map_err(PolicyError::from)
+        .and_then(|p| tpm_policy::satisfy(ctx, p, policy, signatures))
+        .and_then(|_| Ok(ctx.execute_with_session(Some(session), |c| c.unseal(key.into()))?))
         .map(|d| d.value().to_vec());
     ctx.flush_context(tss_esapi::handles::SessionHandle::from(session).into())?;
     ctx.flush_context(key.into())?;
@@ -259,10 +262,10 @@ mod tests {
         let t = swtpm();
         let mut ctx = context(&t);
         let srk = srk(&mut ctx).unwrap();
-        let sealed = seal(&mut ctx, srk, &[7], b"volume secret").unwrap();
+        let sealed = seal(&mut ctx, srk, &Policy::literal(&[7]), b"volume secret").unwrap();
         assert_eq!(sealed.policy_hash.len(), 32);
         assert_eq!(
-            unseal(&mut ctx, srk, &[7], &sealed).unwrap(),
+            unseal(&mut ctx, srk, &Policy::literal(&[7]), &sealed, None).unwrap(),
             b"volume secret"
         );
     }
@@ -272,7 +275,7 @@ mod tests {
         let t = swtpm();
         let mut ctx = context(&t);
         let srk = srk(&mut ctx).unwrap();
-        let sealed = seal(&mut ctx, srk, &[7, 16], b"volume secret").unwrap();
+        let sealed = seal(&mut ctx, srk, &Policy::literal(&[7, 16]), b"volume secret").unwrap();
         let mut d = DigestValues::new();
         d.set(
             HashingAlgorithm::Sha256,
@@ -280,7 +283,7 @@ mod tests {
         );
         ctx.execute_with_nullauth_session(|c| c.pcr_extend(PcrHandle::Pcr16, d))
             .unwrap();
-        assert!(unseal(&mut ctx, srk, &[7, 16], &sealed).is_err());
+        assert!(unseal(&mut ctx, srk, &Policy::literal(&[7, 16]), &sealed, None).is_err());
     }
 
     #[test]
@@ -327,12 +330,15 @@ mod tests {
         let t = swtpm();
         let mut ctx = context(&t);
         let first = srk(&mut ctx).unwrap();
-        let sealed = seal(&mut ctx, first, &[7], b"x").unwrap();
+        let sealed = seal(&mut ctx, first, &Policy::literal(&[7]), b"x").unwrap();
         drop(ctx);
         // A new connection (a later boot) finds the same key at 0x81000001.
         let mut ctx = context(&t);
         let again = srk(&mut ctx).unwrap();
-        assert_eq!(unseal(&mut ctx, again, &[7], &sealed).unwrap(), b"x");
+        assert_eq!(
+            unseal(&mut ctx, again, &Policy::literal(&[7]), &sealed, None).unwrap(),
+            b"x"
+        );
         let n = srk_name(&mut ctx, again).unwrap();
         assert_eq!(n.len(), 34, "sha256 name: algorithm id + digest");
     }
