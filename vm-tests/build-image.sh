@@ -8,6 +8,8 @@
 #   mkosi initrd trixie's systemd initrd built by mkosi-initrd with our drop-in
 #   initrd   a dracut initrd built inside the guest root with our module
 #            (and one per layout config, with it appended)
+#   UKIs     that initrd, the kernel and roothash= of slot A or B in a
+#            signed-PCR-11 UKI (ukify 257, systemd-stub 257)
 # Usage: build-image.sh HELPER_BINARY   -> prints the artifacts directory.
 set -euo pipefail
 # Only the final path goes to stdout; every tool's chatter goes to stderr.
@@ -183,7 +185,9 @@ fi
 # Bookworm's systemd-repart (252) cannot build these images offline and its
 # mkosi (14) predates mkosi-initrd (repart-notes.md): both run in a trixie
 # root made by mmdebstrap, never installed on the host.
-TOOLS_PKGS=systemd-repart,erofs-utils,dosfstools,mtools,cryptsetup-bin,mkosi,kmod,zstd
+# ukify, systemd-measure (which computes PolicyPCR digests with libtss2) and
+# the 257 stub build the UKIs: stub and tools of one version (uki-notes.md).
+TOOLS_PKGS=systemd-repart,erofs-utils,dosfstools,mtools,cryptsetup-bin,mkosi,kmod,zstd,systemd-ukify,systemd-boot-efi,openssl,libtss2-esys-3.0.2-0t64,libtss2-rc0t64,libtss2-mu-4.0.1-0t64
 repartroot="$cache/tools-root-$(echo "trixie $TOOLS_PKGS" | sha256sum | cut -c1-16)"
 if [ ! -e "$repartroot.done" ]; then
   log "tools root (trixie, mmdebstrap)"
@@ -292,11 +296,48 @@ if [ ! -e "$mkosiinitrd" ]; then
   rm -rf "$repartroot/work" "$repartroot/usr/lib/modules" "$repartroot/etc/mkosi-initrd"
 fi
 
+# ---- UKIs: kernel + dracut initrd + command line, PCR 11 signed ------------
+# Two UKIs, one per root slot (roothash= and IMAGE_VERSION in each), both
+# signed for the boot phases by one PCR key (made once per cache, like a
+# vendor's key): the A/B pair an update moves between. ukify --measure's
+# PCR 11 predictions are kept beside each (uki-X.efi.pcr11: "PHASE HASH").
+pcrkey="$cache/pcr-key"
+if [ ! -e "$pcrkey/done" ]; then
+  rm -rf "$pcrkey" "$repartroot/work"; mkdir -p "$pcrkey" "$repartroot/work"
+  in_tools openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out /work/priv.pem 2>/dev/null
+  in_tools openssl pkey -in /work/priv.pem -pubout -out /work/pub.pem
+  mv "$repartroot/work/priv.pem" "$repartroot/work/pub.pem" "$pcrkey/"; rm -rf "$repartroot/work"
+  touch "$pcrkey/done"
+fi
+ukikey=$(digest "$initrd" "$kdir/x/boot/vmlinuz-$kver" "$pcrkey/pub.pem" "$disk.roothash-a" "$disk.roothash-b" \
+  <(echo "$repartroot uki v1"))
+ukis=()
+for slot in a b; do
+  uki="$cache/uki-$ukikey-$slot.efi"
+  ukis+=("$uki" "$uki.pcr11")
+  [ -e "$uki.pcr11" ] && continue
+  log "UKI $slot ($(chroot "$repartroot" ukify --version))"
+  w="$repartroot/work"; rm -rf "$w"; mkdir -p "$w"
+  cp "$kdir/x/boot/vmlinuz-$kver" "$w/vmlinuz"; cp "$initrd" "$w/initrd"
+  cp "$pcrkey/priv.pem" "$pcrkey/pub.pem" "$w/"
+  v=$([ $slot = a ] && echo 1 || echo 2)
+  printf 'ID=appliance\nNAME=Appliance\nIMAGE_ID=appliance\nIMAGE_VERSION=%s\n' "$v" > "$w/os-release"
+  in_tools ukify build --linux=/work/vmlinuz --initrd=/work/initrd --uname="$kver" \
+    --cmdline="console=ttyS0 panic=-1 ih_test.poweroff ih_test.write=uki-$slot roothash=$(cat "$disk.roothash-$slot")" \
+    --os-release=@/work/os-release --pcr-private-key=/work/priv.pem --pcr-public-key=/work/pub.pem \
+    --measure --output=/work/uki.efi > "$w/ukify.log" 2>&1 || { tail -20 "$w/ukify.log" >&2; exit 1; }
+  # "# PCR[11] Phase <enter-initrd>" then "11:sha256=HEX": one "PHASE HEX" line each.
+  awk '/^# PCR\[11\] Phase/ { p = $4; gsub(/[<>]/, "", p) } /^11:sha256=/ { sub(/^11:sha256=/, ""); print p, $0 }' \
+    "$w/ukify.log" > "$w/pcr11"
+  [ "$(wc -l < "$w/pcr11")" = 4 ] || { log "ukify printed no PCR 11 predictions"; cat "$w/ukify.log" >&2; exit 1; }
+  mv "$w/uki.efi" "$uki"; mv "$w/pcr11" "$uki.pcr11"; rm -rf "$w"
+done
+
 # Drop superseded builds (other keys) so the cache does not grow per change.
 # (build-* are the work dirs of builds that were cut short.)
 for old in "$cache"/rootfs-* "$cache"/tools-root-* "$cache"/repart-root-* "$cache"/disk-*.img* "$cache"/usrdisk-*.img* \
-  "$cache"/repartdisk-*.img* "$cache"/initrd-*.img "$cache"/build-*; do
-  case " $rootfs $rootfs.done $repartroot $repartroot.done $initrd $mkosiinitrd ${layout_initrds[*]} " in
+  "$cache"/repartdisk-*.img* "$cache"/initrd-*.img "$cache"/build-* "$cache"/uki-*; do
+  case " $rootfs $rootfs.done $repartroot $repartroot.done $initrd $mkosiinitrd ${layout_initrds[*]} ${ukis[*]} " in
     *" $old "*) continue ;;
   esac
   case "$old" in "$disk"*|"$usrdisk"*|"$repartdisk"*) ;; *) rm -rf "$old" ;; esac
@@ -313,6 +354,10 @@ ln -sf "$repartdisk" "$out/repart-disk.img"
 ln -sf "$mkosiinitrd" "$out/initrd-mkosi.img"
 for f in usrhash-a usrhash-b; do ln -sf "$usrdisk.$f" "$out/usr-disk.img.$f"; done
 ln -sf "$repartdisk.usrhash-a" "$out/repart-disk.img.usrhash-a"
+for slot in a b; do
+  ln -sf "$cache/uki-$ukikey-$slot.efi" "$out/uki-$slot.efi"
+  ln -sf "$cache/uki-$ukikey-$slot.efi.pcr11" "$out/uki-$slot.efi.pcr11"
+done
 for f in "${layout_initrds[@]}"; do
   name=${f%.*.img}; ln -sf "$f" "$out/initrd-${name##*.}.img"
 done

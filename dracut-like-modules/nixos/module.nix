@@ -106,7 +106,8 @@ in
       documentation = [ "man:initrd-helper(8)" ];
       requiredBy = [ "initrd-root-fs.target" ];
       wants = [ "systemd-udev-trigger.service" ];
-      after = [ "systemd-udev-trigger.service" "systemd-udevd.service" "systemd-modules-load.service" ];
+      after = [ "systemd-udev-trigger.service" "systemd-udevd.service" "systemd-modules-load.service"
+        "systemd-pcrphase-initrd.service" ];
       before = [ "initrd-root-fs.target" "sysroot.mount" "initrd-root-device.target" "shutdown.target"
         "initrd-usr-fs.target" "sysusr-usr.mount" "sysroot-usr.mount" ];
       conflicts = [ "shutdown.target" ];

@@ -7,6 +7,7 @@ pub use crate::env::Env;
 use crate::machine_id;
 use crate::mountinfo;
 use crate::plan::{MachineIdSource, Plan, Step};
+use crate::status::StepStatus;
 use crate::sys;
 use crate::verity::{Signature, VerityOptions, MAX_SIGNATURE};
 use anyhow::{bail, Context, Result};
@@ -270,21 +271,30 @@ fn apply_step(step: &Step, env: &Env) -> Result<Outcome> {
 }
 
 /// Runs every step; stops at the first failure with the step in the context.
-pub fn apply(plan: &Plan, env: &Env) -> Result<()> {
+/// Carries out the plan's steps in order; each step's outcome and time go
+/// into `done` (the status report), the failed one's too.
+pub fn apply(plan: &Plan, env: &Env, done: &mut Vec<StepStatus>) -> Result<()> {
     for step in &plan.steps {
         let t = Instant::now();
-        let outcome = apply_step(step, env).with_context(|| format!("step {}", step.name()))?;
+        let result = apply_step(step, env).with_context(|| format!("step {}", step.name()));
         let ms = t.elapsed().as_secs_f64() * 1000.0;
-        match outcome {
-            Outcome::Done => log::info!(
-                "step {}: done in {ms:.1} ms: {}",
-                step.name(),
-                step.describe()
-            ),
-            Outcome::Skipped(why) => {
-                log::info!("step {}: skipped in {ms:.1} ms ({why})", step.name())
+        let (outcome, text) = match &result {
+            Ok(Outcome::Done) => ("done", step.describe()),
+            Ok(Outcome::Did(what)) => ("done", what.clone()),
+            Ok(Outcome::Skipped(why)) => ("skipped", why.clone()),
+            Err(e) => ("failed", crate::inputs::error_line(e)),
+        };
+        done.push(StepStatus {
+            name: step.name().into(),
+            outcome: outcome.into(),
+            ms,
+            text: text.clone(),
+        });
+        match result? {
+            Outcome::Skipped(_) => {
+                log::info!("step {}: skipped in {ms:.1} ms ({text})", step.name())
             }
-            Outcome::Did(what) => log::info!("step {}: done in {ms:.1} ms: {what}", step.name()),
+            _ => log::info!("step {}: done in {ms:.1} ms: {text}", step.name()),
         }
     }
     Ok(())

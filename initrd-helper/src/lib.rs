@@ -32,6 +32,7 @@ pub mod policy;
 pub mod provision;
 pub mod reset;
 pub mod skeleton;
+pub mod status;
 pub mod sys;
 pub mod token;
 pub mod verity;

@@ -4,6 +4,7 @@
 //! `plan` prints what `run` would do, touching nothing.
 
 use initrd_helper::inputs::{self, ASSUMED_TPM};
+use initrd_helper::status::Status;
 use initrd_helper::{apply, log, plan, provision, sys};
 
 use anyhow::{Context, Result};
@@ -15,6 +16,7 @@ const USAGE: &str = "\
 usage: initrd-helper run  [--cmdline STR] [--config FILE] [--root DIR]
        initrd-helper plan [--cmdline STR] [--config FILE] [--root DIR] [--disk IMAGE]... [--json]
        initrd-helper encrypt --pcrs LIST [--tcti TCTI] DEVICE
+       initrd-helper status [--root DIR] [--json]
        initrd-helper --version
 
   --cmdline STR  kernel command line (default: ROOT/proc/cmdline)
@@ -24,6 +26,9 @@ usage: initrd-helper run  [--cmdline STR] [--config FILE] [--root DIR]
   --json         print the plan (and facts) as JSON
   --pcrs LIST    encrypt: PCRs (sha256 bank) the secret is sealed to, e.g. 7 or 7,16
   --tcti TCTI    encrypt: the TPM (default device:/dev/tpmrm0)
+
+status prints what the helper did in this boot's initrd (ROOT/run/initrd-helper/
+status.json): slots, data volume and policy, each step's outcome and time.
 
 encrypt formats a blank DEVICE (first MiB all zero, else refused) as LUKS2
 with a TPM2-sealed keyslot (systemd-tpm2 token) and a recovery keyslot, and
@@ -131,7 +136,15 @@ fn cmd_run(a: &Args) -> Result<()> {
     for w in &i.cmd.warnings {
         ::log::warn!("kernel command line: {w}");
     }
-    let (p, facts) = inputs::plan_with_wait(&i, &[], true).context(NOTHING_CHANGED)?;
+    let (p, facts) = match inputs::plan_with_wait(&i, &[], true).context(NOTHING_CHANGED) {
+        Ok(planned) => planned,
+        Err(e) => {
+            let mut status = Status::new(None, false);
+            status.error = Some(inputs::error_line(&e));
+            write_status(&status, &i.root, t);
+            return Err(e);
+        }
+    };
     ::log::info!(
         "boot disk {} (GPT {}), TPM: {:?}",
         p.boot_disk,
@@ -144,7 +157,12 @@ fn cmd_run(a: &Args) -> Result<()> {
     for (n, s) in p.steps.iter().enumerate() {
         ::log::info!("plan {}/{}: {}", n + 1, p.steps.len(), s.describe());
     }
-    apply::apply(&p, &apply::Env::new(&i.root))?;
+    let mut status = Status::new(Some(&p), facts.data_open);
+    let applied = apply::apply(&p, &apply::Env::new(&i.root), &mut status.steps);
+    status.ok = applied.is_ok();
+    status.error = applied.as_ref().err().map(inputs::error_line);
+    write_status(&status, &i.root, t);
+    applied?;
     ::log::info!(
         "all steps done in {:.1} ms (peak RSS {} KiB)",
         t.elapsed().as_secs_f64() * 1000.0,
@@ -154,6 +172,28 @@ fn cmd_run(a: &Args) -> Result<()> {
 }
 
 /// The helper's peak resident set size (VmHWM), for the figures.
+/// Writes the status report; a failure to write it does not fail the boot.
+fn write_status(status: &Status, root: &std::path::Path, t: Instant) {
+    let mut status = status.clone();
+    status.total_ms = t.elapsed().as_secs_f64() * 1000.0;
+    if let Err(e) = status.write(root) {
+        ::log::warn!("status report not written: {e}");
+    }
+}
+
+fn cmd_status(a: &Args) -> Result<()> {
+    let root = a.root.clone().unwrap_or_else(|| PathBuf::from("/"));
+    let s = Status::read(&root).map_err(|e| {
+        anyhow::anyhow!("no status report ({e}): the helper did not run in this boot's initrd")
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        println!("{}", s.summary());
+    }
+    Ok(())
+}
+
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -200,6 +240,10 @@ fn main() -> ExitCode {
         "encrypt" => {
             log::init(false, false);
             cmd_encrypt(&args)
+        }
+        "status" => {
+            log::init(false, false);
+            cmd_status(&args)
         }
         "version" => {
             println!("initrd-helper {}", env!("CARGO_PKG_VERSION"));

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod uki;
+
 /// Long enough for a TCG boot on a loaded 2-core CI machine (~40 s idle).
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Printed by the guest's ih-report unit after its last line.
@@ -159,6 +161,9 @@ pub struct BootOpts<'a> {
     /// The SMBIOS system UUID the firmware reports (QEMU `-uuid`; without
     /// it QEMU reports all zeros).
     pub smbios_uuid: Option<&'a str>,
+    /// Boot this UKI through the firmware (needs `uefi_vars`): its own
+    /// initrd and command line, nothing from `Artifacts` or `append`.
+    pub uki: Option<&'a Path>,
 }
 
 impl<'a> BootOpts<'a> {
@@ -180,6 +185,7 @@ impl<'a> BootOpts<'a> {
             kill_delay: Duration::ZERO,
             cache: "unsafe",
             smbios_uuid: None,
+            uki: None,
         }
     }
 }
@@ -301,17 +307,24 @@ fn qemu_command(a: &Artifacts, o: &BootOpts, console: &Path) -> Command {
         "-m",
         "1024",
     ])
-    .args(["-nographic", "-nodefaults", "-no-reboot"])
-    .arg("-kernel")
-    .arg(&a.kernel)
-    .arg("-initrd")
-    .arg(&a.initrd)
-    .args(["-append", &format!("console=ttyS0 panic=-1 {}", o.append)])
-    .args(["-drive", &drive])
-    .args(["-serial", &serial(o, console)])
-    .args(["-device", "virtio-rng-pci"])
-    .args(o.smbios_uuid.iter().flat_map(|u| ["-uuid", u]))
-    .stderr(Stdio::piped());
+    .args(["-nographic", "-nodefaults", "-no-reboot"]);
+    if let Some(uki) = o.uki {
+        // No -append: it would replace the UKI's .cmdline (and be measured
+        // into PCR 12 instead).
+        assert!(o.uefi_vars.is_some(), "a UKI boots through the firmware");
+        c.arg("-kernel").arg(uki);
+    } else {
+        c.arg("-kernel")
+            .arg(&a.kernel)
+            .arg("-initrd")
+            .arg(&a.initrd)
+            .args(["-append", &format!("console=ttyS0 panic=-1 {}", o.append)]);
+    }
+    c.args(["-drive", &drive])
+        .args(["-serial", &serial(o, console)])
+        .args(["-device", "virtio-rng-pci"])
+        .args(o.smbios_uuid.iter().flat_map(|u| ["-uuid", u]))
+        .stderr(Stdio::piped());
     if !o.interactive {
         c.stdin(Stdio::null()).stdout(Stdio::null());
     }

@@ -46,6 +46,18 @@ install() {
     ln_r "$systemdsystemunitdir/initrd-helper.service" \
         "$systemdsystemunitdir/initrd-root-fs.target.requires/initrd-helper.service"
     inst_multiple -o modprobe
+    # A signed PCR policy is signed for boot phases: systemd-pcrphase
+    # extends "enter-initrd" into PCR 11 before the helper runs (its unit
+    # runs only under systemd-stub, which sets StubPcrKernelImage). Not
+    # dracut's systemd-pcrphase module: that one requires tpm2-tools.
+    if [[ -x $systemdutildir/systemd-pcrphase ]]; then
+        inst_multiple "$systemdutildir"/systemd-pcrphase \
+            "$systemdsystemunitdir"/systemd-pcrphase-initrd.service
+        $SYSTEMCTL -q --root "$initdir" add-wants initrd.target systemd-pcrphase-initrd.service
+        # dlopen()ed by systemd-pcrphase, so not found by dracut's ldd pass.
+        inst_libdir_file "libtss2-esys.so*" "libtss2-rc.so*" "libtss2-mu.so*" \
+            "libtss2-tcti-device.so*"
+    fi
     # First boot and factory reset format the data volume.
     inst_multiple mkfs.ext4
     inst_multiple -o /etc/mke2fs.conf
