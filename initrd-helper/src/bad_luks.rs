@@ -23,6 +23,7 @@ fn our_token(slot: u32, pcrs: &[u8]) -> Value {
         policy_hash: &[0; 32],
         srk_name: &[0x00, 0x0b],
         signed: None,
+        pcr_values: &[],
     })
 }
 

@@ -16,7 +16,7 @@ use crate::pcrsig;
 use crate::plan::{DataAction, DataStep, IN_PROGRESS_BIT};
 use crate::provision;
 use crate::reset::{self, ResetDecision};
-use crate::sys::{self, disk_write, luks, tpm_bind};
+use crate::sys::{self, disk_write, luks, tpm_bind, tpm_policy};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -346,6 +346,9 @@ fn mark(d: &DataStep) -> Result<()> {
 }
 
 fn provision_volume(d: &DataStep) -> Result<String> {
+    if d.policy.signed.is_some() {
+        preflight(d)?;
+    }
     log::info!("data: provisioning {}: do not power off", d.dev.display());
     timed("marked in progress (GPT)", || mark(d))?;
     close(d)?; // an earlier attempt of this boot (unit restart)
@@ -380,6 +383,18 @@ fn provision_volume(d: &DataStep) -> Result<String> {
         ),
         None => format!("provisioned {} as ext4 at {}", d.dev.display(), d.target),
     })
+}
+
+/// Checks, before the first write, that the signed policy can be met now
+/// (the binding needs it): a boot that could not bind never formats.
+fn preflight(d: &DataStep) -> Result<()> {
+    let sigs = signatures(d)?;
+    let mut ctx = sys::tpm::context(Path::new("/")).map_err(anyhow::Error::msg)?;
+    tpm_policy::preflight(&mut ctx, &d.policy, sigs.as_deref()).context(
+        "the signed PCR policy cannot be met in this boot, so a new volume could not be bound: \
+         nothing was written (the UKI is signed for boot phases: \
+         systemd-pcrphase-initrd.service must have extended enter-initrd into PCR 11)",
+    )
 }
 
 /// LUKS2 + TPM2 keyslot + recovery keyslot, bound to this TPM; hands the

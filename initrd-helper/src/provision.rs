@@ -101,6 +101,8 @@ pub fn seal_and_format(
         anyhow::Error::new(e).context(why)
     })?;
     let blob = token::blob(&sealed.private, &sealed.public);
+    // Only for messages: a failure to read them costs the diagnosis only.
+    let pcr_values = tpm_seal::pcr_values(ctx, &policy.literal).unwrap_or_default();
     let recovery_key = Zeroizing::new(token::recovery_key(&Zeroizing::new(random32()?)));
     let passphrase = Zeroizing::new(token::tpm_passphrase(&*secret));
     let e = luks::format_luks2(
@@ -115,6 +117,7 @@ pub fn seal_and_format(
                 policy_hash: &sealed.policy_hash,
                 srk_name: &srk_name,
                 signed: policy.signed.as_ref().map(|s| (&s.pem[..], &s.pcrs[..])),
+                pcr_values: &pcr_values,
             })
         },
     )
@@ -176,8 +179,11 @@ pub fn unseal_passphrase(
         policy_hash: Vec::new(),
     };
     let secret = Zeroizing::new(
-        tpm_seal::unseal(ctx, srk, policy, &sealed, signatures)
-            .map_err(|e| unseal_error(e, dev, policy))?,
+        tpm_seal::unseal(ctx, srk, policy, &sealed, signatures).map_err(|e| {
+            let now = tpm_seal::pcr_values(ctx, &policy.literal).unwrap_or_default();
+            let changed = token::pcr_changes(&t.pcr_values, &now);
+            unseal_error(e, dev, policy, &changed)
+        })?,
     );
     Ok(Zeroizing::new(token::tpm_passphrase(&secret)))
 }
@@ -194,32 +200,38 @@ fn is_lockout(e: &PolicyError) -> bool {
     matches!(e, PolicyError::Tpm(tss_esapi::Error::Tss2Error(rc)) if rc.kind() == Some(Tss2ResponseCodeKind::Lockout))
 }
 
-fn unseal_error(e: PolicyError, dev: &Path, policy: &Policy) -> anyhow::Error {
-    let why =
-        if let PolicyError::Signature(SignatureError::NotSigned { pcrs, pol, .. }) = &e {
-            format!(
-            "unsealing the key of {}: PCRs {pcrs:?} are in a state the PCR key's owner did not \
-             sign (PolicyPCR digest {pol}; signatures from {}). This boot is not a UKI signed \
-             by that key, or something else extended those PCRs: nothing was changed; unlock \
-             with the recovery key",
-            dev.display(),
-            policy.signed.as_ref().map_or("-", |s| s.signatures.as_str())
+/// `changed`: the literal PCRs whose values differ from enrollment's.
+fn unseal_error(e: PolicyError, dev: &Path, policy: &Policy, changed: &[String]) -> anyhow::Error {
+    let dev = dev.display();
+    let why = if let PolicyError::Signature(SignatureError::NotSigned { pcrs, pol, .. }) = &e {
+        let from = policy
+            .signed
+            .as_ref()
+            .map_or("-", |s| s.signatures.as_str());
+        format!(
+            "unsealing the key of {dev}: PCRs {pcrs:?} are in a state the PCR key's owner did \
+             not sign (PolicyPCR digest {pol}; signatures from {from}). This boot is not a UKI \
+             signed by that key, or something else extended those PCRs: nothing was changed; \
+             unlock with the recovery key"
         )
-        } else if is_lockout(&e) {
-            format!(
-            "unsealing the key of {}: {LOCKOUT}; nothing was changed; meanwhile unlock with the \
-             recovery key",
-            dev.display()
+    } else if is_lockout(&e) {
+        format!(
+            "unsealing the key of {dev}: {LOCKOUT}; nothing was changed; meanwhile unlock with \
+             the recovery key"
         )
+    } else {
+        let what = if changed.is_empty() {
+            "no literal PCR differs from its value at enrollment (or none was recorded)".into()
         } else {
-            format!(
-                "the TPM refused to unseal the key of {} (policy: {}). If the \
-             firmware, its settings or the Secure Boot databases changed since enrollment, this is \
-             expected: nothing was changed; unlock with the recovery key",
-                dev.display(),
-                policy.describe()
-            )
+            format!("changed since enrollment: {}", changed.join(", "))
         };
+        format!(
+            "the TPM refused to unseal the key of {dev} (policy: {}; {what}). If the firmware, \
+             its settings or the Secure Boot databases changed since enrollment, this is \
+             expected: nothing was changed; unlock with the recovery key",
+            policy.describe()
+        )
+    };
     anyhow::Error::new(e).context(why)
 }
 
@@ -244,15 +256,27 @@ mod tests {
         let dev = Path::new("/dev/vda6");
         let p7 = Policy::literal(&[7]);
         let lockout = tss_esapi::Error::Tss2Error(Tss2ResponseCode::from(0x0000_0921));
-        let t = format!("{:#}", unseal_error(lockout.into(), dev, &p7));
+        let t = format!("{:#}", unseal_error(lockout.into(), dev, &p7, &[]));
         assert!(
             t.contains("dictionary-attack lockout") && t.contains("not a policy change"),
             "{t}"
         );
         let policy = tss_esapi::Error::Tss2Error(Tss2ResponseCode::from(0x0000_099d));
-        let t = format!("{:#}", unseal_error(policy.into(), dev, &p7));
+        let t = format!(
+            "{:#}",
+            unseal_error(
+                policy.into(),
+                dev,
+                &p7,
+                &["PCR 7 (was 00000000…, now 11111111…)".into()]
+            )
+        );
         assert!(
             t.contains("refused to unseal") && !t.contains("lockout"),
+            "{t}"
+        );
+        assert!(
+            t.contains("changed since enrollment: PCR 7 (was 00000000…"),
             "{t}"
         );
     }

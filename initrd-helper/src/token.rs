@@ -35,7 +35,13 @@ pub struct TpmToken<'a> {
     pub srk_name: &'a [u8],
     /// A signed policy: the key's PEM file and the PCRs it signs.
     pub signed: Option<(&'a [u8], &'a [u8])>,
+    /// The literal PCRs' values at enrollment (our own field, for
+    /// naming what changed when the TPM refuses).
+    pub pcr_values: &'a [(u8, Vec<u8>)],
 }
+
+/// Our token field with the literal PCRs' values at enrollment.
+const PCR_VALUES_FIELD: &str = "initrd-helper-pcr-values";
 
 /// Our token field pinning the SRK the secret was sealed under.
 const SRK_FIELD: &str = "initrd-helper-srk-name";
@@ -57,6 +63,14 @@ pub fn token_json(t: &TpmToken) -> Value {
         "tpm2-pin": false,
         SRK_FIELD: hex(t.srk_name),
     });
+    if !t.pcr_values.is_empty() {
+        let values: serde_json::Map<String, Value> = t
+            .pcr_values
+            .iter()
+            .map(|(n, v)| (n.to_string(), json!(hex(v))))
+            .collect();
+        v[PCR_VALUES_FIELD] = Value::Object(values);
+    }
     // systemd's signed-policy fields (underscores, as 252 writes them).
     if let Some((pem, pcrs)) = t.signed {
         v["tpm2_pubkey"] = json!(b64::encode(pem));
@@ -78,6 +92,8 @@ pub struct ParsedToken {
     pub signed: Option<SignedFields>,
     /// The SRK name pinned at enrollment (hex), when the token has one.
     pub srk_name: Option<String>,
+    /// The literal PCRs' values at enrollment (hex), when recorded.
+    pub pcr_values: Vec<(u8, String)>,
 }
 
 /// A token's signed policy: the key's PEM bytes and the PCRs it signs.
@@ -203,7 +219,44 @@ pub fn parse_token(v: &Value) -> Result<ParsedToken, String> {
         primary_alg: cut(primary_alg, 16),
         signed,
         srk_name: v[SRK_FIELD].as_str().map(|s| cut(s, 140)),
+        pcr_values: pcr_values(v),
     })
+}
+
+/// Our record of the PCR values at enrollment: only well-formed entries
+/// (PCR 0-23, 64 hex digits), at most 24; it only ever feeds a message.
+fn pcr_values(v: &Value) -> Vec<(u8, String)> {
+    let Some(m) = v[PCR_VALUES_FIELD].as_object() else {
+        return Vec::new();
+    };
+    m.iter()
+        .take(24)
+        .filter_map(|(k, h)| {
+            let n = k.parse::<u8>().ok().filter(|&n| n < 24)?;
+            let h = h
+                .as_str()
+                .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))?;
+            Some((n, h.to_ascii_lowercase()))
+        })
+        .collect()
+}
+
+/// Which recorded PCRs differ from their `now` values, as the message
+/// names them ("PCR 7 (was 1a2b3c4d…, now 5e6f7a8b…)").
+pub fn pcr_changes(recorded: &[(u8, String)], now: &[(u8, Vec<u8>)]) -> Vec<String> {
+    recorded
+        .iter()
+        .filter_map(|(n, was)| {
+            let now = hex(&now.iter().find(|(m, _)| m == n)?.1);
+            (now != *was).then(|| {
+                format!(
+                    "PCR {n} (was {}…, now {}…)",
+                    &was[..8],
+                    &now[..8.min(now.len())]
+                )
+            })
+        })
+        .collect()
 }
 
 /// `tpm2_pubkey` (base64 of a PEM file, bounded) and `tpm2_pubkey_pcrs`.
@@ -272,6 +325,7 @@ mod tests {
             policy_hash: &[0xab, 0x01],
             srk_name: &[0x00, 0x0b, 0xcd],
             signed: None,
+            pcr_values: &[],
         };
         let j = token_json(&t);
         assert_eq!(j["type"], "systemd-tpm2");
@@ -301,6 +355,7 @@ mod tests {
             policy_hash: &[0xab],
             srk_name: &[],
             signed: None,
+            pcr_values: &[],
         };
         let p = parse_token(&token_json(&t)).unwrap();
         assert_eq!(
@@ -324,6 +379,7 @@ mod tests {
             policy_hash: &[0xab],
             srk_name: &[],
             signed: None,
+            pcr_values: &[],
         };
         let ours = parse_token(&token_json(&t)).unwrap();
         assert_eq!(policy_mismatch(&ours, &Policy::literal(&[7])), None);
@@ -384,6 +440,7 @@ mod tests {
             policy_hash: &[0xab],
             srk_name: &[],
             signed: Some((&s.pem, &s.pcrs)),
+            pcr_values: &[],
         };
         let j = token_json(&t);
         assert_eq!(j["tpm2_pubkey_pcrs"], json!([11]));
@@ -408,6 +465,38 @@ mod tests {
         assert!(policy_mismatch(&ours, &other)
             .unwrap()
             .contains("this boot's key"));
+    }
+
+    #[test]
+    fn pcr_values_at_enrollment_name_what_changed() {
+        let values = [(7u8, vec![0x11; 32]), (16, vec![0x22; 32])];
+        let t = TpmToken {
+            keyslot: 0,
+            blob: &blob(&[1], &[2]),
+            pcrs: &[7, 16],
+            policy_hash: &[0xab],
+            srk_name: &[],
+            signed: None,
+            pcr_values: &values,
+        };
+        let mut j = token_json(&t);
+        let p = parse_token(&j).unwrap();
+        let mut got = p.pcr_values.clone();
+        got.sort();
+        assert_eq!(got, vec![(7, "11".repeat(32)), (16, "22".repeat(32))]);
+        let now = [(7u8, vec![0x11; 32]), (16, vec![0x33; 32])];
+        assert_eq!(
+            pcr_changes(&p.pcr_values, &now),
+            vec!["PCR 16 (was 22222222…, now 33333333…)"]
+        );
+        assert!(pcr_changes(&p.pcr_values, &values).is_empty());
+        // Malformed entries are dropped, never trusted or echoed at length.
+        j[PCR_VALUES_FIELD] =
+            json!({"7": "zz", "99": "11".repeat(32), "x": 1, "16": "AB".repeat(32)});
+        assert_eq!(
+            parse_token(&j).unwrap().pcr_values,
+            vec![(16, "ab".repeat(32))]
+        );
     }
 
     #[test]

@@ -331,7 +331,7 @@ fn recovery_key_opens(m: &Machine, key: &str) -> bool {
 
 #[test]
 #[ignore = "VM test: run through `make test`"]
-fn vm_tpm_mismatch() {
+fn vm_tpm_mismatch_pcr_diagnostics() {
     let m = Machine::new("tpm_mismatch", true);
     let b1 = m.boot_ok("enroll", "ih_test.write=precious");
     check_provisioned(&m, &b1);
@@ -343,7 +343,13 @@ fn vm_tpm_mismatch() {
     dbx_update(vars);
     let digest = sha256(&m.disk);
     let b2 = m.boot_refused("after_dbx_update", "", true);
-    b2.check_refused(&["TPM refused to unseal", "recovery key"]);
+    // The refusal names the PCR that changed (PCR 7, from the value the
+    // token recorded at enrollment).
+    b2.check_refused(&[
+        "TPM refused to unseal",
+        "changed since enrollment: PCR 7 (was ",
+        "recovery key",
+    ]);
     b2.check(
         sha256(&m.disk) == digest,
         "the disk changed: no format or wipe allowed",

@@ -153,6 +153,14 @@ fn vm_uki_boot_signed_policy_and_status_report() {
         "the token plugin fails under UKI B",
     );
     check_status(&b2, "2", "open");
+    // The figures for README (cargo test -- --nocapture shows them).
+    for l in b1
+        .lines_with("step data: done")
+        .iter()
+        .chain(&b2.lines_with("through the TPM (LUKS2"))
+    {
+        eprintln!("uki_boot: {}", l.trim());
+    }
 
     // No UKI, no key: the token's signed policy cannot be met, so the
     // helper says so and stops (nothing opened, nothing written).

@@ -54,8 +54,9 @@ install() {
         inst_multiple "$systemdutildir"/systemd-pcrphase \
             "$systemdsystemunitdir"/systemd-pcrphase-initrd.service
         $SYSTEMCTL -q --root "$initdir" add-wants initrd.target systemd-pcrphase-initrd.service
-        # dlopen()ed by systemd-pcrphase, so not found by dracut's ldd pass.
-        inst_libdir_file "libtss2-esys.so*" "libtss2-rc.so*" "libtss2-mu.so*" \
+        # dlopen()ed by systemd-pcrphase, so not found by dracut's ldd pass
+        # (nor is what they link: libtss2-sys).
+        inst_libdir_file "libtss2-esys.so*" "libtss2-sys.so*" "libtss2-rc.so*" "libtss2-mu.so*" \
             "libtss2-tcti-device.so*"
     fi
     # First boot and factory reset format the data volume.

@@ -268,6 +268,7 @@ mod tests {
                     policy_hash: &sealed.policy_hash,
                     srk_name: &[0x00, 0x0b],
                     signed: None,
+                    pcr_values: &[],
                 })
             },
         )

@@ -119,6 +119,23 @@ fn literal_part(ctx: &mut Context, s: PolicySession, policy: &Policy) -> PolicyR
     Ok(())
 }
 
+/// Whether the signed part could be satisfied now: the signed PCRs' state
+/// has a signature (checked before anything is written, so a boot that
+/// cannot write the binding never formats).
+pub fn preflight(
+    ctx: &mut Context,
+    policy: &Policy,
+    signatures: Option<&[u8]>,
+) -> PolicyResult<()> {
+    let Some(signed) = &policy.signed else {
+        return Ok(());
+    };
+    let json = signatures.ok_or_else(|| PolicyError::NoSignatures(signed.signatures.clone()))?;
+    let approved = digest(ctx, &Policy::literal(&signed.pcrs))?;
+    pcrsig::find_signature(json, &signed.pcrs, &signed.pkfp, approved.value())?;
+    Ok(())
+}
+
 /// What satisfying a signed policy saw: the signed PCRs' PolicyPCR digest
 /// (for the status report and diagnostics).
 #[derive(Debug, Clone, Default)]

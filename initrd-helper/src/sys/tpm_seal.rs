@@ -179,6 +179,28 @@ fn salted(ctx: &mut Context, srk: KeyHandle, kind: SessionType) -> TpmResult<Aut
     Ok(s)
 }
 
+/// The current sha256 values of `pcrs` (what a diagnosis compares).
+pub fn pcr_values(ctx: &mut Context, pcrs: &[u8]) -> TpmResult<Vec<(u8, Vec<u8>)>> {
+    let mut out = Vec::new();
+    // TPM2_PCR_Read answers at most 8 digests per call.
+    for chunk in pcrs.chunks(8) {
+        let (_, _, digests) = ctx.execute_without_session(|c| c.pcr_read(pcr_selection(chunk)?))?;
+        let values = digests.value();
+        if values.len() != chunk.len() {
+            return Err(tss_esapi::Error::WrapperError(
+                tss_esapi::WrapperErrorKind::WrongValueFromTpm,
+            ));
+        }
+        out.extend(
+            chunk
+                .iter()
+                .copied()
+                .zip(values.iter().map(|d| d.value().to_vec())),
+        );
+    }
+    Ok(out)
+}
+
 fn sealed_template(policy: Digest) -> TpmResult<Public> {
     // No userWithAuth: only the PCR policy can unseal.
     let attrs = ObjectAttributesBuilder::new()
