@@ -66,6 +66,9 @@ pub struct Cmdline {
     pub machine_id: Option<MachineIdArg>,
     /// `systemd.factory_reset=`: explicit request to wipe the data partition.
     pub factory_reset: bool,
+    /// `systemd.factory_reset=0` (the last value): no reset, not even one
+    /// the `FactoryResetRequest` EFI variable asks for.
+    pub factory_reset_off: bool,
     /// `initrd_helper.factory_reset=ID`: a reset request with its own ID
     /// (one reset per distinct ID).
     pub factory_reset_id: Option<String>,
@@ -186,6 +189,7 @@ impl Default for Cmdline {
             verity_usr_options: VerityOptions::default(),
             machine_id: None,
             factory_reset: false,
+            factory_reset_off: false,
             factory_reset_id: None,
             disk: None,
             debug: false,
@@ -239,6 +243,7 @@ impl Cmdline {
                 // A reset destroys data: an unreadable value must not guess.
                 self.factory_reset = parse_bool(v)
                     .ok_or_else(|| refuse(key, v, "expected a boolean (1/0, yes/no)"))?;
+                self.factory_reset_off = !self.factory_reset;
             }
             _ => return self.take_ours(key, v),
         }

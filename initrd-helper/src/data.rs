@@ -47,6 +47,17 @@ pub fn run(d: &DataStep) -> Result<String> {
     if let Some(s) = &d.policy.signed {
         hand_over_pcr_files(s);
     }
+    if d.clear_efi_reset {
+        // The reset is recorded on the volume, so a variable that stays
+        // (a firmware refusing the delete) cannot reset it twice.
+        match sys::clear_efi_reset(Path::new("/")) {
+            Ok(_) => log::info!("factory reset: the FactoryResetRequest EFI variable is cleared"),
+            Err(e) => log::warn!(
+                "factory reset: the FactoryResetRequest EFI variable could not be deleted ({e}); \
+                 the reset is recorded as done, so it is not repeated"
+            ),
+        }
+    }
     Ok(done)
 }
 

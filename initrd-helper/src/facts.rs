@@ -119,6 +119,19 @@ pub struct Facts {
     pub product_uuid: Option<String>,
     /// A signed PCR policy's files: configured, or the booted UKI's.
     pub pcr_files: PcrFiles,
+    /// A factory reset requested through the EFI variable, and what it is
+    /// checked against.
+    pub efi_reset: EfiResetFacts,
+}
+
+/// `FactoryResetRequest` (when set: parsed, or why not) and this boot's
+/// os-release IDs and boot ID.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EfiResetFacts {
+    pub request: Option<Result<crate::reset_request::EfiRequest, String>>,
+    pub os_id: Option<String>,
+    pub image_id: Option<String>,
+    pub boot_id: Option<String>,
 }
 
 /// The files of a signed PCR policy found for this boot.

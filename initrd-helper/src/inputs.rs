@@ -62,6 +62,12 @@ pub fn plan_with_wait(
     let by_identity = i.cmd.disk.or(i.cfg.devices.disk).is_some() || loader_partuuid.is_some();
     let mut seen: Option<(Vec<String>, Instant)> = None;
     let pcr_files = sys::pcr_files(&i.root, &i.cfg.data);
+    // Like the firmware facts: a disk image says nothing about them.
+    let efi_reset = if images.is_empty() {
+        sys::efi_reset(&i.root)
+    } else {
+        Default::default()
+    };
     loop {
         let disks = sys::disks(&i.root, images, probe_type);
         let names: Vec<String> = disks.iter().map(|d| d.name.clone()).collect();
@@ -95,6 +101,7 @@ pub fn plan_with_wait(
             loader_partuuid,
             product_uuid: product_uuid.clone(),
             pcr_files: pcr_files.clone(),
+            efi_reset: efi_reset.clone(),
         };
         match plan::plan(&facts, &i.cmd, &i.cfg) {
             Ok(_) if wait && !by_identity && !quiet && Instant::now() < deadline => {

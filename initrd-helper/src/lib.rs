@@ -31,6 +31,7 @@ pub mod plan;
 pub mod policy;
 pub mod provision;
 pub mod reset;
+pub mod reset_request;
 pub mod skeleton;
 pub mod status;
 pub mod sys;

@@ -17,6 +17,7 @@ usage: initrd-helper run  [--cmdline STR] [--config FILE] [--root DIR]
        initrd-helper plan [--cmdline STR] [--config FILE] [--root DIR] [--disk IMAGE]... [--json]
        initrd-helper encrypt --pcrs LIST [--tcti TCTI] DEVICE
        initrd-helper status [--root DIR] [--json]
+       initrd-helper request-reset [--root DIR]
        initrd-helper --version
 
   --cmdline STR  kernel command line (default: ROOT/proc/cmdline)
@@ -26,6 +27,9 @@ usage: initrd-helper run  [--cmdline STR] [--config FILE] [--root DIR]
   --json         print the plan (and facts) as JSON
   --pcrs LIST    encrypt: PCRs (sha256 bank) the secret is sealed to, e.g. 7 or 7,16
   --tcti TCTI    encrypt: the TPM (default device:/dev/tpmrm0)
+
+request-reset (stage 2) asks for a factory reset on the next boot through the
+FactoryResetRequest EFI variable, as systemd 258's systemd-factory-reset does.
 
 status prints what the helper did in this boot's initrd (ROOT/run/initrd-helper/
 status.json): slots, data volume and policy, each step's outcome and time.
@@ -244,6 +248,18 @@ fn main() -> ExitCode {
         "status" => {
             log::init(false, false);
             cmd_status(&args)
+        }
+        "request-reset" => {
+            log::init(false, false);
+            let root = args.root.clone().unwrap_or_else(|| PathBuf::from("/"));
+            sys::request_efi_reset(&root)
+                .map(|var| {
+                    println!(
+                        "factory reset requested for the next boot ({})",
+                        var.display()
+                    )
+                })
+                .map_err(anyhow::Error::msg)
         }
         "version" => {
             println!("initrd-helper {}", env!("CARGO_PKG_VERSION"));

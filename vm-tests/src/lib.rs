@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod machine;
 pub mod uki;
 
 /// Long enough for a TCG boot on a loaded 2-core CI machine (~40 s idle).

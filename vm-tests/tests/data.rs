@@ -6,92 +6,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Command, Stdio};
+use vm_tests::machine::{helper_lines, Machine, DISK_BYTES};
 use vm_tests::{
     boot, clear_da_lockout, copy_range, dbx_update, enlarge, enroll, is_machine_id, key_opens,
-    layout, sha256, Artifacts, Boot, BootOpts, Scratch, EMERGENCY,
+    layout, sha256, Boot, BootOpts,
 };
-
-/// The golden image flashed onto a 4 GiB disk.
-const DISK_BYTES: u64 = 4 << 30;
-
-struct Machine {
-    a: Artifacts,
-    s: Scratch,
-    disk: std::path::PathBuf,
-    vars: Option<std::path::PathBuf>,
-}
-
-impl Machine {
-    /// A fresh machine: the image on a bigger disk, a new TPM, and (with
-    /// `uefi`) its own firmware variable store.
-    fn new(name: &str, uefi: bool) -> Machine {
-        let a = Artifacts::from_env();
-        let s = Scratch::new(name);
-        let disk = s.copy_disk(&a.disk);
-        enlarge(&disk, DISK_BYTES);
-        let vars = uefi.then(|| s.uefi_vars());
-        Machine { a, s, disk, vars }
-    }
-
-    fn opts<'a>(&'a self, name: &'a str, append: &'a str) -> BootOpts<'a> {
-        BootOpts {
-            append,
-            snapshot: false,
-            uefi_vars: self.vars.as_deref(),
-            ..BootOpts::new(name, &self.disk, &self.s.0)
-        }
-    }
-
-    /// A boot that must reach the guest report.
-    fn boot_ok(&self, name: &str, extra: &str) -> Boot {
-        let append = format!("ih_test.poweroff {extra}");
-        let b = boot(&self.a, &self.opts(name, &append));
-        b.check(b.reached, "the guest report never appeared");
-        b.check(
-            b.value("helper_unit_failed") == "0",
-            "initrd-helper.service failed",
-        );
-        b
-    }
-
-    /// A boot that must stop at the emergency target.
-    fn boot_refused(&self, name: &str, extra: &str, tpm: bool) -> Boot {
-        let append = format!("ih_test.poweroff {extra}");
-        let o = BootOpts {
-            marker: EMERGENCY,
-            tpm,
-            ..self.opts(name, &append)
-        };
-        boot(&self.a, &o)
-    }
-
-    /// The data partition's entry on the host: (last LBA, UUID, attributes).
-    fn data_entry(&self) -> (u64, String, String) {
-        let out = Command::new("sfdisk")
-            .arg("-J")
-            .arg(&self.disk)
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let parts = v["partitiontable"]["partitions"].as_array().unwrap();
-        let p = parts.last().unwrap();
-        let s = |k: &str| p[k].as_str().unwrap_or("").to_string();
-        (
-            p["start"].as_u64().unwrap() + p["size"].as_u64().unwrap() - 1,
-            s("uuid"),
-            s("attrs"),
-        )
-    }
-}
-
-/// The helper's own console lines (not the guest report's journal copy)
-/// that contain `needle`.
-fn helper_lines(b: &Boot, needle: &str) -> usize {
-    b.lines_with("initrd-helper[")
-        .iter()
-        .filter(|l| !l.contains("IHJ ") && l.contains(needle))
-        .count()
-}
 
 /// The first boot's provisioning, checked in the guest and on the host.
 fn check_provisioned(m: &Machine, b: &Boot) {

@@ -116,7 +116,7 @@ pub(super) fn data_step(
         ));
         return Ok(None);
     };
-    let reset = cmd.factory_reset_request();
+    let (reset, clear_efi_reset) = reset_request(cmd, facts, warnings);
     let action = data_action(p, cfg, reset.is_some())?;
     let dev = p.dev.display().to_string();
     let tpm_ok = matches!(facts.tpm, TpmFacts::Present { .. });
@@ -165,8 +165,56 @@ pub(super) fn data_step(
         state,
         action,
         reset,
+        clear_efi_reset,
         mkfs_options: cfg.data.mkfs_options.clone(),
     })))
+}
+
+/// This boot's reset request: the command line's (it wins, and
+/// `systemd.factory_reset=0` turns the EFI variable off, as in systemd
+/// 258), else the `FactoryResetRequest` EFI variable's when it is for this
+/// OS and was made in an earlier boot. The bool: the variable is to be
+/// deleted once the reset is done.
+fn reset_request(
+    cmd: &Cmdline,
+    facts: &Facts,
+    warnings: &mut Vec<String>,
+) -> (Option<String>, bool) {
+    let from_cmdline = cmd.factory_reset_request();
+    let efi = match &facts.efi_reset.request {
+        None => None,
+        Some(Err(e)) => {
+            warnings.push(format!(
+                "the FactoryResetRequest EFI variable is ignored: {e}"
+            ));
+            None
+        }
+        Some(Ok(_)) if cmd.factory_reset_off => {
+            warnings.push(
+                "the FactoryResetRequest EFI variable is ignored: systemd.factory_reset=0".into(),
+            );
+            None
+        }
+        Some(Ok(r)) => {
+            let f = &facts.efi_reset;
+            match crate::reset_request::not_for_us(
+                r,
+                f.os_id.as_deref(),
+                f.image_id.as_deref(),
+                f.boot_id.as_deref(),
+            ) {
+                Some(why) => {
+                    warnings.push(format!(
+                        "the FactoryResetRequest EFI variable is not for this boot: {why}"
+                    ));
+                    None
+                }
+                None => Some(r.reset_id()),
+            }
+        }
+    };
+    let clear = efi.is_some();
+    (from_cmdline.or(efi), clear)
 }
 
 /// The policy a volume is sealed under: the literal PCRs, plus a signed
@@ -232,6 +280,43 @@ mod tests {
             Step::Data(d) => (&d.action, d.reset.as_deref()),
             s => panic!("{s:?}"),
         }
+    }
+
+    #[test]
+    fn an_efi_reset_request_for_this_os_from_an_earlier_boot_resets_once() {
+        use crate::reset_request::{encode, parse};
+        let luks = Ok(Signature::Found("crypto_LUKS".into()));
+        let mut f = data_facts(luks, 0, true);
+        let boot = "0f3c6a2e9d8b4c1aa5e7f0123456789a";
+        f.efi_reset.request = Some(parse(&encode("debian", None, boot)));
+        f.efi_reset.os_id = Some("debian".into());
+        f.efi_reset.boot_id = Some("11111111-2222-3333-4444-555555555555".into());
+        let step = |f: &Facts, cmd: &str| match data_plan(f, &crate::cmdline::parse(cmd).unwrap()) {
+            Ok(Step::Data(d)) => (d.reset, d.clear_efi_reset),
+            r => panic!("{r:?}"),
+        };
+        assert_eq!(step(&f, ""), (Some(format!("efi:{boot}")), true));
+        // The command line wins; its explicit 0 turns the variable off.
+        assert_eq!(
+            step(&f, "initrd_helper.factory_reset=x").0.as_deref(),
+            Some("id:x")
+        );
+        assert_eq!(step(&f, "systemd.factory_reset=0"), (None, false));
+        // Another OS's request, or one made in this very boot, is not ours.
+        let mut other = f.clone();
+        other.efi_reset.os_id = Some("fedora".into());
+        assert_eq!(step(&other, ""), (None, false));
+        other.efi_reset = f.efi_reset.clone();
+        other.efi_reset.boot_id = Some(boot.into());
+        assert_eq!(step(&other, ""), (None, false));
+        other.efi_reset.request = Some(Err("not JSON".into()));
+        let mut cfg = dev_cfg();
+        cfg.data.enabled = true;
+        let p = plan(&other, &Cmdline::default(), &cfg).unwrap();
+        assert!(p
+            .warnings
+            .iter()
+            .any(|w| w.contains("EFI variable is ignored: not JSON")));
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub struct DataStep {
     pub action: DataAction,
     /// A factory reset request's ID (see README "Factory reset").
     pub reset: Option<String>,
+    /// The `FactoryResetRequest` EFI variable asked for it: delete the
+    /// variable once the step is done.
+    pub clear_efi_reset: bool,
     pub mkfs_options: Vec<String>,
 }
 

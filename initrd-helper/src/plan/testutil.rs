@@ -72,6 +72,7 @@ pub(crate) fn facts(disks: Vec<DiskFacts>) -> Facts {
         loader_partuuid: None,
         product_uuid: None,
         pcr_files: Default::default(),
+        efi_reset: Default::default(),
     }
 }
 

@@ -89,6 +89,83 @@ pub fn pcr_files(root: &Path, d: &crate::config::DataConfig) -> crate::facts::Pc
     crate::facts::PcrFiles { key, signature }
 }
 
+const EFIVARS: &str = "sys/firmware/efi/efivars";
+
+/// The EFI factory reset request under `root`, and what it is checked
+/// against: the os-release of this environment (the initrd's
+/// initrd-release first, as systemd reads it there) and the boot ID.
+pub fn efi_reset(root: &Path) -> crate::facts::EfiResetFacts {
+    use crate::reset_request::{self, os_release_field};
+    let var = root.join(EFIVARS).join(reset_request::VAR);
+    let request = var
+        .exists()
+        .then(|| read_bounded(&var, reset_request::MAX_VAR).and_then(|b| reset_request::parse(&b)));
+    let release = ["etc/initrd-release", "etc/os-release", "usr/lib/os-release"]
+        .iter()
+        .find_map(|p| read_bounded(&root.join(p), 64 << 10).ok())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let boot_id = read_bounded(&root.join("proc/sys/kernel/random/boot_id"), 64)
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string());
+    crate::facts::EfiResetFacts {
+        request,
+        os_id: os_release_field(&release, "ID"),
+        image_id: os_release_field(&release, "IMAGE_ID"),
+        boot_id,
+    }
+}
+
+/// Requests a factory reset for the next boot from the running system (as
+/// `systemd-factory-reset request` does): the variable names this OS
+/// (ROOT/etc/os-release) and this boot. Returns the variable's path.
+pub fn request_efi_reset(root: &Path) -> Result<std::path::PathBuf, String> {
+    use crate::reset_request::{self, os_release_field};
+    let dir = root.join(EFIVARS);
+    if !dir.is_dir() {
+        return Err(format!("{} is missing: not an EFI boot", dir.display()));
+    }
+    let release = ["etc/os-release", "usr/lib/os-release"]
+        .iter()
+        .find_map(|p| read_bounded(&root.join(p), 64 << 10).ok())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .ok_or("no os-release")?;
+    let id = os_release_field(&release, "ID").ok_or("os-release has no ID=")?;
+    let boot = read_bounded(&root.join("proc/sys/kernel/random/boot_id"), 64)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())?;
+    let boot = reset_request::normalize_id(&boot).ok_or("unreadable boot ID")?;
+    let bytes = reset_request::encode(
+        &id,
+        os_release_field(&release, "IMAGE_ID").as_deref(),
+        &boot,
+    );
+    let var = dir.join(reset_request::VAR);
+    // efivarfs takes a variable in one write (attributes first).
+    std::fs::write(&var, bytes).map_err(|e| format!("writing {}: {e}", var.display()))?;
+    Ok(var)
+}
+
+/// Deletes the EFI factory reset request (efivarfs marks variables
+/// immutable: the flag is cleared first). `Ok(false)`: it was not there.
+pub fn clear_efi_reset(root: &Path) -> std::io::Result<bool> {
+    let var = root.join(EFIVARS).join(crate::reset_request::VAR);
+    let f = match std::fs::File::open(&var) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    use rustix::fs::{ioctl_getflags, ioctl_setflags, IFlags};
+    // Only efivarfs has the flag; elsewhere (tests) the delete is enough.
+    if let Ok(flags) = ioctl_getflags(&f) {
+        if flags.contains(IFlags::IMMUTABLE) {
+            ioctl_setflags(&f, flags - IFlags::IMMUTABLE)?;
+        }
+    }
+    drop(f);
+    std::fs::remove_file(&var)?;
+    Ok(true)
+}
+
 /// `LoaderDevicePartUUID` from efivarfs under `root`, when the boot loader
 /// or stub set it and it parses.
 pub fn loader_partuuid(root: &Path) -> Option<crate::guid::Guid> {

@@ -1,0 +1,89 @@
+//! A test machine for the data-partition scenarios: the golden image on a
+//! bigger disk of its own, its own TPM and (optionally) its own firmware
+//! variable store, booted as often as a scenario needs.
+#![allow(clippy::unwrap_used)]
+
+use crate::{boot, enlarge, Artifacts, Boot, BootOpts, Scratch, EMERGENCY};
+use std::process::Command;
+
+/// The golden image flashed onto a 4 GiB disk.
+pub const DISK_BYTES: u64 = 4 << 30;
+
+pub struct Machine {
+    pub a: Artifacts,
+    pub s: Scratch,
+    pub disk: std::path::PathBuf,
+    pub vars: Option<std::path::PathBuf>,
+}
+
+impl Machine {
+    /// A fresh machine: the image on a bigger disk, a new TPM, and (with
+    /// `uefi`) its own firmware variable store.
+    pub fn new(name: &str, uefi: bool) -> Machine {
+        let a = Artifacts::from_env();
+        let s = Scratch::new(name);
+        let disk = s.copy_disk(&a.disk);
+        enlarge(&disk, DISK_BYTES);
+        let vars = uefi.then(|| s.uefi_vars());
+        Machine { a, s, disk, vars }
+    }
+
+    pub fn opts<'a>(&'a self, name: &'a str, append: &'a str) -> BootOpts<'a> {
+        BootOpts {
+            append,
+            snapshot: false,
+            uefi_vars: self.vars.as_deref(),
+            ..BootOpts::new(name, &self.disk, &self.s.0)
+        }
+    }
+
+    /// A boot that must reach the guest report.
+    pub fn boot_ok(&self, name: &str, extra: &str) -> Boot {
+        let append = format!("ih_test.poweroff {extra}");
+        let b = boot(&self.a, &self.opts(name, &append));
+        b.check(b.reached, "the guest report never appeared");
+        b.check(
+            b.value("helper_unit_failed") == "0",
+            "initrd-helper.service failed",
+        );
+        b
+    }
+
+    /// A boot that must stop at the emergency target.
+    pub fn boot_refused(&self, name: &str, extra: &str, tpm: bool) -> Boot {
+        let append = format!("ih_test.poweroff {extra}");
+        let o = BootOpts {
+            marker: EMERGENCY,
+            tpm,
+            ..self.opts(name, &append)
+        };
+        boot(&self.a, &o)
+    }
+
+    /// The data partition's entry on the host: (last LBA, UUID, attributes).
+    pub fn data_entry(&self) -> (u64, String, String) {
+        let out = Command::new("sfdisk")
+            .arg("-J")
+            .arg(&self.disk)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let parts = v["partitiontable"]["partitions"].as_array().unwrap();
+        let p = parts.last().unwrap();
+        let s = |k: &str| p[k].as_str().unwrap_or("").to_string();
+        (
+            p["start"].as_u64().unwrap() + p["size"].as_u64().unwrap() - 1,
+            s("uuid"),
+            s("attrs"),
+        )
+    }
+}
+
+/// The helper's own console lines (not the guest report's journal copy)
+/// that contain `needle`.
+pub fn helper_lines(b: &Boot, needle: &str) -> usize {
+    b.lines_with("initrd-helper[")
+        .iter()
+        .filter(|l| !l.contains("IHJ ") && l.contains(needle))
+        .count()
+}
