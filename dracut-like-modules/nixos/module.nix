@@ -17,7 +17,8 @@ let
     root = [ "layout" "tmpfs_options" "unverified" "mount_point" ];
     etc = [ "overlay" "state_dir" "factory" ];
     devices = [ "timeout_secs" "disk" ];
-    data = [ "enabled" "partition_type" "encryption" "pcrs" "grow" "mount_point" "mkfs_options" "persist" ];
+    data = [ "enabled" "partition_type" "encryption" "pcrs" "pcr_public_key" "pcr_signature" "signed_pcrs"
+      "grow" "mount_point" "mkfs_options" "persist" ];
   };
 
   # TOML from plain values: JSON's string escapes are valid TOML basic strings.
