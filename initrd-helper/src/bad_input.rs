@@ -209,6 +209,16 @@ fn config_cases() -> Vec<Case> {
         ),
         c("PCR out of range", "[data]\npcrs = [24]\n", "pcrs"),
         c(
+            "no signed PCRs",
+            "[data]\nsigned_pcrs = []\n",
+            "data.signed_pcrs = []: expected 1 to 24 PCR numbers",
+        ),
+        c(
+            "relative PCR key path",
+            "[data]\npcr_public_key = \"key.pem\"\n",
+            "must be an absolute path",
+        ),
+        c(
             "negative timeout",
             "[devices]\ntimeout_secs = -1\n",
             "timeout_secs",
