@@ -44,9 +44,6 @@ pub fn run(d: &DataStep) -> Result<String> {
         DataAction::Provision(_) => provision_volume(d),
         DataAction::Open => open_or_reset(d),
     }?;
-    if let Some(s) = &d.policy.signed {
-        hand_over_pcr_files(s);
-    }
     if d.clear_efi_reset {
         // The reset is recorded on the volume, so a variable that stays
         // (a firmware refusing the delete) cannot reset it twice.
@@ -59,32 +56,6 @@ pub fn run(d: &DataStep) -> Result<String> {
         }
     }
     Ok(done)
-}
-
-/// Copies the signed policy's key and signatures from the stub's /.extra
-/// (gone after switch-root) to /run/systemd, where systemd's tools in
-/// stage 2 (systemd-cryptsetup, systemd-cryptenroll) look for them, as
-/// systemd's own initrd does. A failure only costs stage 2 those files.
-fn hand_over_pcr_files(s: &crate::policy::Signed) {
-    use crate::policy::{RUN_PUBLIC_KEY, RUN_SIGNATURE};
-    for (from, to, max) in [
-        (&s.key_file, RUN_PUBLIC_KEY, pcrsig::MAX_KEY_FILE),
-        (&s.signatures, RUN_SIGNATURE, pcrsig::MAX_SIGNATURE_FILE),
-    ] {
-        let to = Path::new(to);
-        if from.as_str() == to.as_os_str() || to.exists() {
-            continue;
-        }
-        let copied = sys::read_bounded(Path::new(from), max).and_then(|b| {
-            let dir = to.parent().unwrap_or(Path::new("/run"));
-            std::fs::create_dir_all(dir)
-                .and_then(|()| std::fs::write(to, b))
-                .map_err(|e| format!("writing {}: {e}", to.display()))
-        });
-        if let Err(e) = copied {
-            log::warn!("signed policy: {from} not handed over to stage 2: {e}");
-        }
-    }
 }
 
 fn open_or_reset(d: &DataStep) -> Result<String> {

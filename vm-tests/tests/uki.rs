@@ -112,7 +112,7 @@ fn vm_uki_boot_signed_policy_and_status_report() {
     );
     b1.check(
         b1.value("run_pcr_files") == "2",
-        "the key and signatures were not handed to stage 2",
+        "/run/systemd lacks the key and signatures (systemd's tmpfiles copies them from /.extra)",
     );
     // Debian 12's cryptsetup with systemd 252's token plugin satisfies the
     // same signed policy in stage 2 (phase "ready", signed by ukify too).
