@@ -328,8 +328,10 @@ fn mark(d: &DataStep) -> Result<()> {
 }
 
 fn provision_volume(d: &DataStep) -> Result<String> {
+    // Read once; without them a signed policy's binding cannot be written.
+    let sigs = signatures(d)?;
     if d.policy.signed.is_some() {
-        preflight(d)?;
+        preflight(d, sigs.as_deref())?;
     }
     log::info!("data: provisioning {}: do not power off", d.dev.display());
     timed("marked in progress (GPT)", || mark(d))?;
@@ -340,7 +342,7 @@ fn provision_volume(d: &DataStep) -> Result<String> {
     })?;
     let luks_uuid = match d.encryption {
         Encryption::Tpm2 => Some(timed("LUKS2 formatted, TPM2-sealed, opened", || {
-            encrypt(d)
+            encrypt(d, sigs.as_deref())
         })?),
         Encryption::None => None,
     };
@@ -369,10 +371,9 @@ fn provision_volume(d: &DataStep) -> Result<String> {
 
 /// Checks, before the first write, that the signed policy can be met now
 /// (the binding needs it): a boot that could not bind never formats.
-fn preflight(d: &DataStep) -> Result<()> {
-    let sigs = signatures(d)?;
+fn preflight(d: &DataStep, sigs: Option<&[u8]>) -> Result<()> {
     let mut ctx = sys::tpm::context(Path::new("/")).map_err(anyhow::Error::msg)?;
-    tpm_policy::preflight(&mut ctx, &d.policy, sigs.as_deref()).context(
+    tpm_policy::preflight(&mut ctx, &d.policy, sigs).context(
         "the signed PCR policy cannot be met in this boot, so a new volume could not be bound: \
          nothing was written (the UKI is signed for boot phases: \
          systemd-pcrphase-initrd.service must have extended enter-initrd into PCR 11)",
@@ -381,14 +382,12 @@ fn preflight(d: &DataStep) -> Result<()> {
 
 /// LUKS2 + TPM2 keyslot + recovery keyslot, bound to this TPM; hands the
 /// recovery key over, opens and measures the new volume.
-fn encrypt(d: &DataStep) -> Result<String> {
-    // Before anything is written: without them the binding cannot be.
-    let sigs = signatures(d)?;
+fn encrypt(d: &DataStep, sigs: Option<&[u8]>) -> Result<String> {
     let mut ctx = sys::tpm::context(Path::new("/")).map_err(anyhow::Error::msg)?;
     let (e, pass) = provision::seal_and_format(&mut ctx, &d.dev, &d.policy)?;
     let vol = luks::volume_key(&d.dev, pass.as_bytes())?;
     let digest = identity::binding_digest(&vol.uuid, &vol.key);
-    tpm_bind::write(&mut ctx, &d.policy, sigs.as_deref(), &digest)
+    tpm_bind::write(&mut ctx, &d.policy, sigs, &digest)
         .context("binding the new volume to this TPM (NV index)")?;
     hand_over(&e.recovery_key).context("handing over the recovery key")?;
     log::warn!(

@@ -145,7 +145,7 @@ fn cmd_run(a: &Args) -> Result<()> {
         Err(e) => {
             let mut status = Status::new(None, false);
             status.error = Some(inputs::error_line(&e));
-            write_status(&status, &i.root, t);
+            write_status(&mut status, &i.root, t);
             return Err(e);
         }
     };
@@ -165,7 +165,7 @@ fn cmd_run(a: &Args) -> Result<()> {
     let applied = apply::apply(&p, &apply::Env::new(&i.root), &mut status.steps);
     status.ok = applied.is_ok();
     status.error = applied.as_ref().err().map(inputs::error_line);
-    write_status(&status, &i.root, t);
+    write_status(&mut status, &i.root, t);
     applied?;
     ::log::info!(
         "all steps done in {:.1} ms (peak RSS {} KiB)",
@@ -177,8 +177,7 @@ fn cmd_run(a: &Args) -> Result<()> {
 
 /// The helper's peak resident set size (VmHWM), for the figures.
 /// Writes the status report; a failure to write it does not fail the boot.
-fn write_status(status: &Status, root: &std::path::Path, t: Instant) {
-    let mut status = status.clone();
+fn write_status(status: &mut Status, root: &std::path::Path, t: Instant) {
     status.total_ms = t.elapsed().as_secs_f64() * 1000.0;
     if let Err(e) = status.write(root) {
         ::log::warn!("status report not written: {e}");

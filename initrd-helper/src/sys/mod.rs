@@ -100,20 +100,32 @@ pub fn efi_reset(root: &Path) -> crate::facts::EfiResetFacts {
     let request = var
         .exists()
         .then(|| read_bounded(&var, reset_request::MAX_VAR).and_then(|b| reset_request::parse(&b)));
-    let release = ["etc/initrd-release", "etc/os-release", "usr/lib/os-release"]
-        .iter()
-        .find_map(|p| read_bounded(&root.join(p), 64 << 10).ok())
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let boot_id = read_bounded(&root.join("proc/sys/kernel/random/boot_id"), 64)
-        .ok()
-        .map(|b| String::from_utf8_lossy(&b).trim().to_string());
+    let release = os_release(
+        root,
+        &["etc/initrd-release", "etc/os-release", "usr/lib/os-release"],
+    )
+    .unwrap_or_default();
+    let boot_id = boot_id(root).ok();
     crate::facts::EfiResetFacts {
         request,
         os_id: os_release_field(&release, "ID"),
         image_id: os_release_field(&release, "IMAGE_ID"),
         boot_id,
     }
+}
+
+/// The first of `paths` (under `root`) that reads: an os-release file.
+fn os_release(root: &Path, paths: &[&str]) -> Option<String> {
+    paths
+        .iter()
+        .find_map(|p| read_bounded(&root.join(p), 64 << 10).ok())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// This boot's ID, as the kernel prints it.
+fn boot_id(root: &Path) -> Result<String, String> {
+    read_bounded(&root.join("proc/sys/kernel/random/boot_id"), 64)
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
 }
 
 /// Requests a factory reset for the next boot from the running system (as
@@ -125,15 +137,10 @@ pub fn request_efi_reset(root: &Path) -> Result<std::path::PathBuf, String> {
     if !dir.is_dir() {
         return Err(format!("{} is missing: not an EFI boot", dir.display()));
     }
-    let release = ["etc/os-release", "usr/lib/os-release"]
-        .iter()
-        .find_map(|p| read_bounded(&root.join(p), 64 << 10).ok())
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .ok_or("no os-release")?;
+    let release =
+        os_release(root, &["etc/os-release", "usr/lib/os-release"]).ok_or("no os-release")?;
     let id = os_release_field(&release, "ID").ok_or("os-release has no ID=")?;
-    let boot = read_bounded(&root.join("proc/sys/kernel/random/boot_id"), 64)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())?;
-    let boot = reset_request::normalize_id(&boot).ok_or("unreadable boot ID")?;
+    let boot = reset_request::normalize_id(&boot_id(root)?).ok_or("unreadable boot ID")?;
     let bytes = reset_request::encode(
         &id,
         os_release_field(&release, "IMAGE_ID").as_deref(),

@@ -19,7 +19,7 @@
 
 use crate::policy::Policy;
 use crate::sys::tpm_policy::{self, PolicyError, PolicyResult};
-use crate::sys::tpm_seal::{self, pcr_selection, TpmResult};
+use crate::sys::tpm_seal::{self, TpmResult};
 use tss_esapi::attributes::NvIndexAttributesBuilder;
 use tss_esapi::constants::SessionType;
 use tss_esapi::handles::{NvIndexHandle, NvIndexTpmHandle, PcrHandle, TpmHandle};
@@ -76,12 +76,8 @@ fn index() -> TpmResult<NvIndexTpmHandle> {
 
 /// Whether PCR 15 (sha256) is still all zero.
 pub fn pcr15_is_zero(ctx: &mut Context) -> TpmResult<bool> {
-    let sel = pcr_selection(&[MEASURE_PCR])?;
-    let (_, _, digests) = ctx.execute_without_session(|c| c.pcr_read(sel))?;
-    Ok(digests
-        .value()
-        .iter()
-        .all(|d| d.value().iter().all(|&b| b == 0)))
+    let values = tpm_seal::pcr_values(ctx, &[MEASURE_PCR])?;
+    Ok(values.iter().all(|(_, v)| v.iter().all(|&b| b == 0)))
 }
 
 /// The index's public area as the helper defines it, its policy computed

@@ -136,13 +136,6 @@ pub fn preflight(
     Ok(())
 }
 
-/// What satisfying a signed policy saw: the signed PCRs' PolicyPCR digest
-/// (for the status report and diagnostics).
-#[derive(Debug, Clone, Default)]
-pub struct Satisfied {
-    pub approved: Option<Vec<u8>>,
-}
-
 /// Satisfies `policy` in the policy session `s`; `signatures` is the
 /// signature file's content (needed when the policy is signed).
 pub fn satisfy(
@@ -150,15 +143,13 @@ pub fn satisfy(
     s: PolicySession,
     policy: &Policy,
     signatures: Option<&[u8]>,
-) -> PolicyResult<Satisfied> {
-    let mut out = Satisfied::default();
+) -> PolicyResult<()> {
     if let Some(signed) = &policy.signed {
         let json =
             signatures.ok_or_else(|| PolicyError::NoSignatures(signed.signatures.clone()))?;
         let sel = pcr_selection(&signed.pcrs)?;
         ctx.execute_without_session(|c| c.policy_pcr(s, Digest::default(), sel))?;
         let approved = ctx.execute_without_session(|c| c.policy_get_digest(s))?;
-        out.approved = Some(approved.value().to_vec());
         let sig = pcrsig::find_signature(json, &signed.pcrs, &signed.pkfp, approved.value())?;
         let (key, name) = load_key(ctx, &signed.key)?;
         let hashed = Digest::try_from(Sha256::digest(approved.value()).to_vec());
@@ -173,8 +164,7 @@ pub fn satisfy(
             c.policy_authorize(s, approved, Nonce::default(), &name, ticket)
         })?;
     }
-    literal_part(ctx, s, policy)?;
-    Ok(out)
+    literal_part(ctx, s, policy)
 }
 
 #[cfg(test)]
