@@ -18,7 +18,8 @@ let
     etc = [ "overlay" "state_dir" "factory" ];
     devices = [ "timeout_secs" "disk" ];
     data = [ "enabled" "partition_type" "encryption" "pcrs" "pcr_public_key" "pcr_signature" "signed_pcrs"
-      "grow" "mount_point" "mkfs_options" "persist" ];
+      "grow" "mount_point" "mkfs_options" "persist"
+      "recovery_prompt" "recovery_tries" "recovery_timeout_secs" "reseal_after_recovery" ];
   };
 
   # TOML from plain values: JSON's string escapes are valid TOML basic strings.

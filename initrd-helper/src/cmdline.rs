@@ -76,6 +76,11 @@ pub struct Cmdline {
     pub disk: Option<Guid>,
     /// `initrd_helper.debug`: log debug lines too.
     pub debug: bool,
+    /// `initrd_helper.recovery_prompt=`: overrides `data.recovery_prompt`.
+    pub recovery_prompt: Option<bool>,
+    /// `initrd_helper.reseal_after_recovery=`: overrides
+    /// `data.reseal_after_recovery`.
+    pub reseal_after_recovery: Option<bool>,
     /// Warnings about ignored malformed cosmetic options.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -193,6 +198,8 @@ impl Default for Cmdline {
             factory_reset_id: None,
             disk: None,
             debug: false,
+            recovery_prompt: None,
+            reseal_after_recovery: None,
             warnings: Vec::new(),
         }
     }
@@ -266,6 +273,15 @@ impl Cmdline {
                 self.disk = Some(g);
             }
             "debug" => self.debug = self.bool_opt(key, v).unwrap_or(self.debug),
+            // They decide what a typed key may do: a misspelt value is refused.
+            "recovery_prompt" | "reseal_after_recovery" => {
+                let b = parse_bool(v).ok_or_else(|| refuse(key, v, "expected a boolean"))?;
+                if name == "recovery_prompt" {
+                    self.recovery_prompt = Some(b);
+                } else {
+                    self.reseal_after_recovery = Some(b);
+                }
+            }
             "factory_reset" => {
                 let ok = |id: &&str| {
                     !id.is_empty()

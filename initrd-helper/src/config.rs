@@ -165,6 +165,17 @@ pub struct DataConfig {
     /// /root, /home, ...): each is bind-mounted from `.persist/PATH` on the
     /// data file system.
     pub persist: Vec<String>,
+    /// When the TPM cannot unlock the volume (refused, absent, locked
+    /// out), ask for the recovery key on the console (README "Recovery").
+    pub recovery_prompt: bool,
+    /// Wrong keys allowed before the step fails (1-10).
+    pub recovery_tries: u8,
+    /// Seconds each question waits for an answer; 0: for ever.
+    pub recovery_timeout_secs: u32,
+    /// After a recovery unlock, seal a new TPM keyslot to this boot's
+    /// policy, so the next boot unlocks by itself (off by default: it
+    /// trusts this boot's measurements from then on).
+    pub reseal_after_recovery: bool,
 }
 
 impl Default for DataConfig {
@@ -181,6 +192,10 @@ impl Default for DataConfig {
             mount_point: "/var".into(),
             mkfs_options: Vec::new(),
             persist: Vec::new(),
+            recovery_prompt: true,
+            recovery_tries: crate::recovery::DEFAULT_TRIES,
+            recovery_timeout_secs: 0,
+            reseal_after_recovery: false,
         }
     }
 }
@@ -264,6 +279,13 @@ fn validate(cfg: &Config) -> Result<(), String> {
     if signed.is_empty() || signed.len() > 24 || signed.iter().any(|&p| p > 23) {
         return Err(format!(
             "data.signed_pcrs = {signed:?}: expected 1 to 24 PCR numbers 0-23"
+        ));
+    }
+    let tries = cfg.data.recovery_tries;
+    if !(1..=crate::recovery::MAX_TRIES).contains(&tries) {
+        return Err(format!(
+            "data.recovery_tries = {tries}: expected 1 to {}",
+            crate::recovery::MAX_TRIES
         ));
     }
     for (name, p) in [

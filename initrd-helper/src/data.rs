@@ -139,32 +139,71 @@ fn open(d: &DataStep) -> Result<Option<[u8; 32]>> {
         return Ok(None);
     }
     let t = std::time::Instant::now();
-    // The header first: a foreign volume is refused even without a TPM.
+    // The header first: a foreign volume is refused even without a TPM,
+    // and is never prompted for.
     let token = provision::our_token(&d.dev, &d.policy)?;
-    let sigs = signatures(d)?;
+    let sigs = signatures(d);
+    let (vol, recovered) = match unseal(d, token, &sigs) {
+        Ok((mut ctx, vol)) => {
+            check_binding(d, &mut ctx, &vol)?;
+            (vol, false)
+        }
+        Err(refused) => (crate::recover::ask_for_key(d, refused)?, true),
+    };
+    // Ours: now it may be grown (before activation, so the mapping takes
+    // the new size).
+    grow_partition(d)?;
+    if recovered && d.recovery.reseal {
+        let sigs = sigs.as_ref().ok().and_then(|s| s.as_deref());
+        crate::recover::reseal(d, &vol, sigs);
+    }
+    let event = activate(d, &vol)?;
+    log::info!(
+        "data: unlocked {} {} (LUKS2 {}{}) in {:.1} ms",
+        d.dev.display(),
+        if recovered {
+            "with the recovery key"
+        } else {
+            "through the TPM"
+        },
+        vol.uuid,
+        if recovered {
+            ""
+        } else {
+            ", bound to this machine"
+        },
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    // PCR 15 is extended wherever there is a TPM to extend.
+    let tpm = !recovered || sys::tpm::context(Path::new("/")).is_ok();
+    Ok(tpm.then_some(event))
+}
+
+/// The volume's key through the TPM: the token's secret unsealed under
+/// this boot's policy. Any failure here is one the recovery key overcomes.
+fn unseal(
+    d: &DataStep,
+    token: crate::token::ParsedToken,
+    sigs: &Result<Option<Vec<u8>>>,
+) -> Result<(tss_esapi::Context, luks::Volume)> {
+    let sigs = sigs.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let mut ctx = sys::tpm::context(Path::new("/")).map_err(anyhow::Error::msg)?;
     let pass = provision::unseal_passphrase(&mut ctx, &d.dev, token, &d.policy, sigs.as_deref())?;
     let vol = luks::volume_key(&d.dev, pass.as_bytes())?;
+    Ok((ctx, vol))
+}
+
+/// An unsealed volume is ours only if this TPM's binding names it.
+fn check_binding(d: &DataStep, ctx: &mut tss_esapi::Context, vol: &luks::Volume) -> Result<()> {
     let digest = identity::binding_digest(&vol.uuid, &vol.key);
-    tpm_bind::check(&mut ctx, &d.policy, &digest).map_err(|e| {
+    tpm_bind::check(ctx, &d.policy, &digest).map_err(|e| {
         anyhow::anyhow!(
             "{} holds LUKS2 volume {} that this machine did not provision: {e}. {}",
             d.dev.display(),
             vol.uuid,
             provision::FOREIGN_ADVICE
         )
-    })?;
-    // Ours: now it may be grown (before activation, so the mapping takes
-    // the new size).
-    grow_partition(d)?;
-    let event = activate(d, &vol)?;
-    log::info!(
-        "data: unlocked {} through the TPM (LUKS2 {}, bound to this machine) in {:.1} ms",
-        d.dev.display(),
-        vol.uuid,
-        t.elapsed().as_secs_f64() * 1000.0
-    );
-    Ok(Some(event))
+    })
 }
 
 /// Opens the volume by its key; returns its PCR 15 event (systemd's

@@ -122,6 +122,10 @@ pub struct Facts {
     /// A factory reset requested through the EFI variable, and what it is
     /// checked against.
     pub efi_reset: EfiResetFacts,
+    /// An absent TPM was waited for as long as the boot disk may be (its
+    /// driver can load late): only then does its absence mean asking for
+    /// the recovery key.
+    pub tpm_settled: bool,
 }
 
 /// `FactoryResetRequest` (when set: parsed, or why not) and this boot's

@@ -182,6 +182,7 @@ pub fn planner_target(data: &[u8]) {
         product_uuid: text(line).get(..36).map(str::to_string),
         pcr_files: Default::default(),
         efi_reset: Default::default(),
+        tpm_settled: true,
     };
     let mut cfg = config::Config::default();
     for layout in [config::Layout::Slot, config::Layout::Tmpfs] {

@@ -102,6 +102,7 @@ pub fn plan_with_wait(
             product_uuid: product_uuid.clone(),
             pcr_files: pcr_files.clone(),
             efi_reset: efi_reset.clone(),
+            tpm_settled: !wait || Instant::now() >= deadline,
         };
         match plan::plan(&facts, &i.cmd, &i.cfg) {
             Ok(_) if wait && !by_identity && !quiet && Instant::now() < deadline => {

@@ -30,6 +30,8 @@ pub mod pcrsig;
 pub mod plan;
 pub mod policy;
 pub mod provision;
+pub mod recover;
+pub mod recovery;
 pub mod reset;
 pub mod reset_request;
 pub mod skeleton;

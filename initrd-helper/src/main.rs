@@ -165,6 +165,9 @@ fn cmd_run(a: &Args) -> Result<()> {
     let applied = apply::apply(&p, &apply::Env::new(&i.root), &mut status.steps);
     status.ok = applied.is_ok();
     status.error = applied.as_ref().err().map(inputs::error_line);
+    if let Some(d) = &mut status.data {
+        d.recovery_used |= initrd_helper::recover::used();
+    }
     write_status(&mut status, &i.root, t);
     applied?;
     ::log::info!(

@@ -81,6 +81,54 @@ pub fn encrypt(dev: &Path, tcti: &str, pcrs: &[u8]) -> Result<Encrypted> {
     Ok(seal_and_format(&mut ctx, dev, &Policy::literal(pcrs))?.0)
 }
 
+/// A fresh secret sealed under a policy: what a TPM keyslot and its
+/// token are made of.
+pub struct NewSeal {
+    sealed: tpm_seal::Sealed,
+    srk_name: Vec<u8>,
+    pcr_values: Vec<(u8, Vec<u8>)>,
+    /// The keyslot's passphrase (the secret, as systemd encodes it).
+    pub passphrase: Zeroizing<String>,
+}
+
+impl NewSeal {
+    /// The `systemd-tpm2` token for `keyslot`.
+    pub fn token(&self, keyslot: u32, policy: &Policy) -> serde_json::Value {
+        token::token_json(&token::TpmToken {
+            keyslot,
+            blob: &token::blob(&self.sealed.private, &self.sealed.public),
+            pcrs: &policy.literal,
+            policy_hash: &self.sealed.policy_hash,
+            srk_name: &self.srk_name,
+            signed: policy.signed.as_ref().map(|s| (&s.pem[..], &s.pcrs[..])),
+            pcr_values: &self.pcr_values,
+        })
+    }
+}
+
+/// Seals a fresh random secret under `policy`.
+pub fn seal_new(ctx: &mut tss_esapi::Context, policy: &Policy) -> Result<NewSeal> {
+    let srk = tpm_seal::srk(ctx).context(SRK_REFUSED)?;
+    let srk_name = tpm_seal::srk_name(ctx, srk).context("reading the storage root key's name")?;
+    let secret = Zeroizing::new(random32()?);
+    let sealed = tpm_seal::seal(ctx, srk, policy, &*secret).map_err(|e| {
+        let why = if is_lockout(&e) {
+            format!("sealing the new key: {LOCKOUT}; nothing was written")
+        } else {
+            "sealing the volume secret".to_string()
+        };
+        anyhow::Error::new(e).context(why)
+    })?;
+    // Only for messages: a failure to read them costs the diagnosis only.
+    let pcr_values = tpm_seal::pcr_values(ctx, &policy.literal).unwrap_or_default();
+    Ok(NewSeal {
+        sealed,
+        srk_name,
+        pcr_values,
+        passphrase: Zeroizing::new(token::tpm_passphrase(&*secret)),
+    })
+}
+
 /// Seals a fresh secret under `policy` and formats `dev` (proven blank by the
 /// caller) as LUKS2 with it; returns the TPM keyslot's passphrase too, so
 /// the caller can open the volume without a second unseal.
@@ -89,37 +137,13 @@ pub fn seal_and_format(
     dev: &Path,
     policy: &Policy,
 ) -> Result<(Encrypted, Zeroizing<String>)> {
-    let srk = tpm_seal::srk(ctx).context(SRK_REFUSED)?;
-    let srk_name = tpm_seal::srk_name(ctx, srk).context("reading the storage root key's name")?;
-    let secret = Zeroizing::new(random32()?);
-    let sealed = tpm_seal::seal(ctx, srk, policy, &*secret).map_err(|e| {
-        let why = if is_lockout(&e) {
-            format!("sealing the new volume's key: {LOCKOUT}; nothing was written, and the next boot provisions again")
-        } else {
-            "sealing the volume secret".to_string()
-        };
-        anyhow::Error::new(e).context(why)
-    })?;
-    let blob = token::blob(&sealed.private, &sealed.public);
-    // Only for messages: a failure to read them costs the diagnosis only.
-    let pcr_values = tpm_seal::pcr_values(ctx, &policy.literal).unwrap_or_default();
+    let new = seal_new(ctx, policy)?;
     let recovery_key = Zeroizing::new(token::recovery_key(&Zeroizing::new(random32()?)));
-    let passphrase = Zeroizing::new(token::tpm_passphrase(&*secret));
     let e = luks::format_luks2(
         dev,
-        passphrase.as_bytes(),
+        new.passphrase.as_bytes(),
         recovery_key.as_bytes(),
-        |slot| {
-            token::token_json(&token::TpmToken {
-                keyslot: slot,
-                blob: &blob,
-                pcrs: &policy.literal,
-                policy_hash: &sealed.policy_hash,
-                srk_name: &srk_name,
-                signed: policy.signed.as_ref().map(|s| (&s.pem[..], &s.pcrs[..])),
-                pcr_values: &pcr_values,
-            })
-        },
+        |slot| new.token(slot, policy),
     )
     .with_context(|| format!("formatting {} as LUKS2", dev.display()))?;
     let e = Encrypted {
@@ -129,7 +153,7 @@ pub fn seal_and_format(
         pcrs: policy.literal.clone(),
         recovery_key,
     };
-    Ok((e, passphrase))
+    Ok((e, new.passphrase))
 }
 
 /// `dev`'s systemd-tpm2 token, once its policy is checked to be exactly

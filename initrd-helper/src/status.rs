@@ -51,8 +51,8 @@ pub struct DataStatus {
     /// The signed policy's PCRs and key fingerprint, when signed.
     pub signed_pcrs: Vec<u8>,
     pub signed_key: Option<String>,
-    /// The volume was open before the helper ran (by hand, with the
-    /// recovery key).
+    /// The volume was opened with the recovery key: typed at the helper's
+    /// prompt, or by hand before the helper ran.
     pub recovery_used: bool,
 }
 
@@ -170,7 +170,7 @@ impl Status {
                 d.device,
                 d.policy,
                 if d.recovery_used {
-                    " (opened with the recovery key before the helper ran)"
+                    " (opened with the recovery key)"
                 } else {
                     ""
                 }

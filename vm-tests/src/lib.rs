@@ -165,6 +165,9 @@ pub struct BootOpts<'a> {
     /// Boot this UKI through the firmware (needs `uefi_vars`): its own
     /// initrd and command line, nothing from `Artifacts` or `append`.
     pub uki: Option<&'a Path>,
+    /// Typed on the serial console, in order: each text once its console
+    /// text has appeared (a person answering a prompt).
+    pub typed: Vec<(String, String)>,
 }
 
 impl<'a> BootOpts<'a> {
@@ -187,6 +190,7 @@ impl<'a> BootOpts<'a> {
             cache: "unsafe",
             smbios_uuid: None,
             uki: None,
+            typed: Vec::new(),
         }
     }
 }
@@ -277,8 +281,64 @@ fn accel() -> String {
 fn serial(o: &BootOpts, console: &Path) -> String {
     if o.interactive {
         "mon:stdio".into()
-    } else {
+    } else if o.typed.is_empty() {
         format!("file:{}", console.display())
+    } else {
+        "chardev:ser0".into()
+    }
+}
+
+/// The serial console's socket when something is to be typed on it.
+fn serial_socket(o: &BootOpts) -> PathBuf {
+    o.tpm_dir.join("serial.sock")
+}
+
+/// How long a person takes to start typing once the prompt shows (the
+/// agent sets the terminal up around printing it).
+const TYPE_DELAY: Duration = Duration::from_millis(1500);
+
+/// What is typed on the serial console, and how far it got.
+#[derive(Default)]
+struct Typist {
+    next: usize,
+    prompt_seen: Option<Instant>,
+    conn: Option<std::os::unix::net::UnixStream>,
+}
+
+/// Types the texts whose console text has appeared (in order), each
+/// `TYPE_DELAY` after its text. Connects on first use.
+fn type_on_console(o: &BootOpts, text: &str, t: &mut Typist) {
+    use std::io::Write;
+    while let Some((wait_for, keys)) = o.typed.get(t.next) {
+        if !text.contains(wait_for.as_str()) {
+            return;
+        }
+        let seen = *t.prompt_seen.get_or_insert_with(Instant::now);
+        if seen.elapsed() < TYPE_DELAY {
+            return;
+        }
+        if t.conn.is_none() {
+            t.conn = std::os::unix::net::UnixStream::connect(serial_socket(o)).ok();
+            // The console comes back on the socket too (the log file has
+            // it): drained, or QEMU stalls the guest's serial output.
+            if let Some(mut r) = t.conn.as_ref().and_then(|c| c.try_clone().ok()) {
+                std::thread::spawn(move || {
+                    use std::io::Read;
+                    let mut buf = [0u8; 4096];
+                    while matches!(r.read(&mut buf), Ok(n) if n > 0) {}
+                });
+            }
+        }
+        let Some(c) = t.conn.as_mut() else { return };
+        c.write_all(keys.as_bytes())
+            .unwrap_or_else(|e| panic!("typing on the serial console: {e}"));
+        eprintln!(
+            "boot {}: typed {} bytes after {wait_for:?}",
+            o.name,
+            keys.len()
+        );
+        t.next += 1;
+        t.prompt_seen = None;
     }
 }
 
@@ -320,6 +380,15 @@ fn qemu_command(a: &Artifacts, o: &BootOpts, console: &Path) -> Command {
             .arg("-initrd")
             .arg(&a.initrd)
             .args(["-append", &format!("console=ttyS0 panic=-1 {}", o.append)]);
+    }
+    if !o.typed.is_empty() {
+        // The console goes to the same file; input comes from the socket.
+        let dev = format!(
+            "socket,id=ser0,path={},server=on,wait=off,logfile={}",
+            serial_socket(o).display(),
+            console.display()
+        );
+        c.args(["-chardev", &dev]);
     }
     c.args(["-drive", &drive])
         .args(["-serial", &serial(o, console)])
@@ -375,6 +444,7 @@ pub fn boot(a: &Artifacts, o: &BootOpts) -> Boot {
         .unwrap_or_else(|e| panic!("starting qemu: {e}"));
     let mut reached = false;
     let mut seen = 0;
+    let mut typist = Typist::default();
     if o.interactive {
         let _ = vm.wait();
     }
@@ -383,6 +453,7 @@ pub fn boot(a: &Artifacts, o: &BootOpts) -> Boot {
         if o.echo {
             echo_new(&text, &mut seen);
         }
+        type_on_console(o, &text, &mut typist);
         if text.contains(o.marker) {
             reached = true;
             break;

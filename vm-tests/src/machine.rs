@@ -39,8 +39,21 @@ impl Machine {
 
     /// A boot that must reach the guest report.
     pub fn boot_ok(&self, name: &str, extra: &str) -> Boot {
+        self.boot_typed(name, extra, &[])
+    }
+
+    /// `boot_ok`, with `typed` on the serial console: (text to wait for,
+    /// what to type then), in order.
+    pub fn boot_typed(&self, name: &str, extra: &str, typed: &[(&str, &str)]) -> Boot {
         let append = format!("ih_test.poweroff {extra}");
-        let b = boot(&self.a, &self.opts(name, &append));
+        let o = BootOpts {
+            typed: typed
+                .iter()
+                .map(|(w, t)| (w.to_string(), t.to_string()))
+                .collect(),
+            ..self.opts(name, &append)
+        };
+        let b = boot(&self.a, &o);
         b.check(b.reached, "the guest report never appeared");
         b.check(
             b.value("helper_unit_failed") == "0",

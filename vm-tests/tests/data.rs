@@ -248,46 +248,83 @@ fn recovery_key_opens(m: &Machine, key: &str) -> bool {
     key_opens(&hdr, key)
 }
 
+/// The helper's question for try `n` of 3.
+fn try_of(n: u32) -> String {
+    format!("(try {n} of 3)")
+}
+
 #[test]
 #[ignore = "VM test: run through `make test`"]
-fn vm_tpm_mismatch_pcr_diagnostics() {
+fn vm_tpm_mismatch_pcr_diagnostics_recovery_prompt() {
     let m = Machine::new("tpm_mismatch", true);
     let b1 = m.boot_ok("enroll", "ih_test.write=precious");
     check_provisioned(&m, &b1);
     let key = b1.value("recovery_key");
-    let vars = m.vars.as_deref().unwrap();
-    let before_update = m.s.0.join("vars-before-dbx-update.fd");
-    std::fs::copy(vars, &before_update).unwrap();
     // A firmware dbx update: PCR 7 changes, the sealed policy no longer matches.
-    dbx_update(vars);
-    let digest = sha256(&m.disk);
-    let b2 = m.boot_refused("after_dbx_update", "", true);
-    // The refusal names the PCR that changed (PCR 7, from the value the
-    // token recorded at enrollment).
-    b2.check_refused(&[
-        "TPM refused to unseal",
-        "changed since enrollment: PCR 7 (was ",
-        "recovery key",
-    ]);
+    dbx_update(m.vars.as_deref().unwrap());
+    // The TPM refuses; the person at the serial console types a wrong key,
+    // then the right one as a person might (no dashes, upper case).
+    let retyped = format!("{}\n", key.replace('-', "").to_uppercase());
+    let b2 = m.boot_typed(
+        "after_dbx_update",
+        "",
+        &[(&try_of(1), "wrong-key\n"), (&try_of(2), &retyped)],
+    );
+    // The refusal still names the PCR that changed (from the value the
+    // token recorded at enrollment), then the key is asked for.
+    for (needle, n) in [
+        ("TPM refused to unseal", 1),
+        ("changed since enrollment: PCR 7 (was ", 1),
+        ("that key does not open /dev/vda6 (try 1 of 3)", 1),
+        ("the recovery key opened /dev/vda6 (try 2 of 3)", 1),
+        ("unlocked /dev/vda6 with the recovery key", 1),
+        ("re-sealed", 0),
+    ] {
+        b2.check(helper_lines(&b2, needle) == n, &format!("{n} x {needle:?}"));
+    }
     b2.check(
-        sha256(&m.disk) == digest,
-        "the disk changed: no format or wipe allowed",
+        !b2.console.contains("wrong-key") && !b2.console.contains(&retyped.trim_end()[..16]),
+        "what was typed was echoed on the console",
     );
+    check_same_volume(&b1, &b2);
     b2.check(
-        recovery_key_opens(&m, &key),
-        "the recovery key does not open the volume",
+        vm_tests::uki::status(&b2)["data"]["recovery_used"] == true,
+        "the status report does not say the recovery key was used",
     );
-    // Back on the old firmware state: the TPM unlocks, the file is intact,
-    // and the recovery key opens it in the guest too.
-    std::fs::copy(&before_update, vars).unwrap();
-    let b3 = m.boot_ok("old_firmware", &format!("ih_test.recovery={key}"));
-    b3.check(b3.value("data_probe") == "precious", "the file is gone");
-    b3.check(
-        b3.value("recovery_open") == "ok",
-        "the recovery key failed in the guest",
+    // Re-seal on: asked again (the last boot did not re-seal), then a new
+    // TPM keyslot is sealed to the new PCR 7 ...
+    let typed = format!("{key}\n");
+    let b3 = m.boot_typed(
+        "reseal",
+        "initrd_helper.reseal_after_recovery=1",
+        &[(&try_of(1), &typed)],
     );
     b3.check(
-        b3.value("luks_uuid") == b1.value("luks_uuid"),
+        helper_lines(&b3, "re-sealed /dev/vda6 to TPM2 PCRs [7]") == 1,
+        "no re-seal line",
+    );
+    check_same_volume(&b1, &b3);
+    // ... so the next boot unlocks through the TPM by itself, and the
+    // recovery key still opens the volume.
+    let b4 = m.boot_ok("after_reseal", &format!("ih_test.recovery={key}"));
+    b4.check(
+        helper_lines(&b4, "unlocked /dev/vda6 through the TPM") == 1
+            && helper_lines(&b4, "asking for the recovery key") == 0,
+        "the re-sealed volume did not unlock through the TPM",
+    );
+    check_same_volume(&b1, &b4);
+    b4.check(b4.value("luks_keyslots") == "2", "keyslots left behind");
+    b4.check(
+        b4.value("recovery_open") == "ok" && recovery_key_opens(&m, &key),
+        "the recovery key failed in the guest or on the host",
+    );
+}
+
+/// The volume the first boot made, with its file, is what this boot has.
+fn check_same_volume(first: &Boot, b: &Boot) {
+    b.check(b.value("data_probe") == "precious", "the file is gone");
+    b.check(
+        b.value("luks_uuid") == first.value("luks_uuid"),
         "the volume was re-made",
     );
 }
@@ -301,13 +338,27 @@ fn vm_no_tpm() {
     let b1 = m.boot_refused("blank_no_tpm", "", false);
     b1.check_refused(&["no usable TPM2", "refusing to provision"]);
     b1.check(sha256(&m.disk) == digest, "the disk changed");
-    // A provisioned one is neither unlocked nor touched without its TPM.
+    // A provisioned one without its TPM: the recovery key is asked for, and
+    // it opens the volume.
     let b2 = m.boot_ok("with_tpm", "ih_test.write=mine");
     check_provisioned(&m, &b2);
-    let digest = sha256(&m.disk);
-    let b3 = m.boot_refused("provisioned_no_tpm", "", false);
-    b3.check_refused(&["no usable TPM2", "cannot unlock", "recovery key"]);
-    b3.check(sha256(&m.disk) == digest, "the disk changed");
+    let key = format!("{}\n", b2.value("recovery_key"));
+    let o = BootOpts {
+        tpm: false,
+        typed: vec![(try_of(1), key)],
+        ..m.opts("provisioned_no_tpm", "ih_test.poweroff")
+    };
+    let b3 = boot(&m.a, &o);
+    b3.check(
+        b3.reached && b3.value("helper_unit_failed") == "0",
+        "the boot did not complete",
+    );
+    b3.check(
+        helper_lines(&b3, "the recovery key of /dev/vda6 will be asked for") == 1
+            && helper_lines(&b3, "unlocked /dev/vda6 with the recovery key") == 1,
+        "not unlocked with the recovery key",
+    );
+    b3.check(b3.value("data_probe") == "mine", "the file is gone");
 }
 
 #[test]

@@ -122,7 +122,15 @@ pub(super) fn data_step(
     let tpm_ok = matches!(facts.tpm, TpmFacts::Present { .. });
     // Opened by hand with the recovery key: only the mount is left to do.
     let opened = action == DataAction::Open && reset.is_none() && facts.data_open;
-    if cfg.data.encryption == Encryption::Tpm2 && !tpm_ok && !opened {
+    let recovery = recovery_options(cmd, cfg);
+    let prompt = action == DataAction::Open && reset.is_none() && recovery.prompt;
+    if cfg.data.encryption == Encryption::Tpm2 && !tpm_ok && !opened && prompt && facts.tpm_settled
+    {
+        warnings.push(format!(
+            "no usable TPM2 ({}): the recovery key of {dev} will be asked for on the console",
+            tpm_text(&facts.tpm)
+        ));
+    } else if cfg.data.encryption == Encryption::Tpm2 && !tpm_ok && !opened {
         let tpm = tpm_text(&facts.tpm);
         return Err(match action {
             DataAction::Open if reset.is_none() => PlanError::NoTpmToUnlock {
@@ -167,7 +175,20 @@ pub(super) fn data_step(
         reset,
         clear_efi_reset,
         mkfs_options: cfg.data.mkfs_options.clone(),
+        recovery,
     })))
+}
+
+/// The recovery options: the config's, with the command line's overrides.
+fn recovery_options(cmd: &Cmdline, cfg: &Config) -> crate::recovery::RecoveryOptions {
+    crate::recovery::RecoveryOptions {
+        prompt: cmd.recovery_prompt.unwrap_or(cfg.data.recovery_prompt),
+        tries: cfg.data.recovery_tries,
+        timeout_secs: cfg.data.recovery_timeout_secs,
+        reseal: cmd
+            .reseal_after_recovery
+            .unwrap_or(cfg.data.reseal_after_recovery),
+    }
 }
 
 /// This boot's reset request: the command line's (it wins, and
@@ -439,7 +460,21 @@ mod tests {
         assert!(e.may_resolve_by_waiting());
         let luks = Ok(Signature::Found("crypto_LUKS".into()));
         let mut f = data_facts(luks, 0, false);
+        // A volume without its TPM: asked for its recovery key, once the
+        // TPM was waited for; refused with the prompt off.
+        f.tpm_settled = false;
         let e = data_plan(&f, &cmd).unwrap_err();
+        assert!(e.may_resolve_by_waiting(), "{e}");
+        f.tpm_settled = true;
+        let s = data_plan(&f, &cmd).unwrap();
+        assert_eq!(action(&s), (&DataAction::Open, None));
+        assert!(
+            s.describe().contains("ask for the recovery key (3 tries)"),
+            "{}",
+            s.describe()
+        );
+        let off = crate::cmdline::parse("initrd_helper.recovery_prompt=0").unwrap();
+        let e = data_plan(&f, &off).unwrap_err();
         assert!(e.to_string().contains("recovery key"), "{e}");
         // ... which, opened by hand from the emergency shell, is mounted.
         f.data_open = true;

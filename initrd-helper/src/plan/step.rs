@@ -55,6 +55,8 @@ pub struct DataStep {
     /// variable once the step is done.
     pub clear_efi_reset: bool,
     pub mkfs_options: Vec<String>,
+    /// When the TPM cannot unlock an existing volume (tpm2).
+    pub recovery: crate::recovery::RecoveryOptions,
 }
 
 /// What the data step does with the partition.
@@ -221,6 +223,7 @@ impl Step {
                 policy,
                 grow,
                 disk_growth,
+                recovery,
                 ..
             }) => {
                 let how = match encryption {
@@ -244,6 +247,18 @@ impl Step {
                     DataAction::Open => {
                         format!("open {} ({how}), mount at {target}", dev.display())
                     }
+                };
+                let what = match (encryption, action, recovery.prompt) {
+                    (Encryption::Tpm2, DataAction::Open, true) => format!(
+                        "{what}; if the TPM cannot unlock it, ask for the recovery key ({} tries{})",
+                        recovery.tries,
+                        if recovery.reseal {
+                            ", then re-seal to this boot's policy"
+                        } else {
+                            ""
+                        }
+                    ),
+                    _ => what,
                 };
                 match reset {
                     Some(id) => format!("{what}; {} (request {id:?})", crate::reset::RULE),

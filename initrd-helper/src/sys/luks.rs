@@ -63,16 +63,26 @@ pub fn luks2_uuid(dev: &Path) -> Result<String, LuksError> {
 
 /// The first `systemd-tpm2` token's JSON, or `None` when there is none.
 pub fn tpm2_token(dev: &Path) -> Result<Option<serde_json::Value>, LuksError> {
-    let mut cd = load(dev)?;
+    Ok(first_tpm2_token(&mut load(dev)?).map(|(_, v)| v))
+}
+
+/// The first `systemd-tpm2` token: its ID and JSON.
+fn first_tpm2_token(cd: &mut libcryptsetup_rs::CryptDevice) -> Option<(u32, serde_json::Value)> {
     // LUKS2 has 32 token slots; empty ones fail to read.
-    for id in 0..32 {
-        if let Ok(v) = cd.token_handle().json_get(id) {
-            if v["type"] == "systemd-tpm2" {
-                return Ok(Some(v));
-            }
-        }
-    }
-    Ok(None)
+    (0..32).find_map(|id| {
+        cd.token_handle()
+            .json_get(id)
+            .ok()
+            .filter(|v| v["type"] == "systemd-tpm2")
+            .map(|v| (id, v))
+    })
+}
+
+/// No stretching for our keyslots (see `minimal_pbkdf`).
+fn use_minimal_pbkdf(cd: &mut libcryptsetup_rs::CryptDevice, dev: &Path) -> Result<(), LuksError> {
+    cd.settings_handle()
+        .set_pbkdf_type(&minimal_pbkdf())
+        .map_err(wrapper(dev))
 }
 
 /// An unlocked volume's identity: what binding and measuring need.
@@ -165,9 +175,7 @@ pub fn format_luks2(
 ) -> Result<Enrolled, LuksError> {
     let wrap = wrapper(dev);
     let mut cd = CryptInit::init(dev).map_err(&wrap)?;
-    cd.settings_handle()
-        .set_pbkdf_type(&minimal_pbkdf())
-        .map_err(&wrap)?;
+    use_minimal_pbkdf(&mut cd, dev)?;
     cd.context_handle()
         .format::<()>(
             EncryptionFormat::Luks2,
@@ -195,6 +203,57 @@ pub fn format_luks2(
         recovery_keyslot,
         token,
     })
+}
+
+/// Most keyslots a token may name (LUKS2 has 32).
+const MAX_TOKEN_KEYSLOTS: usize = 32;
+
+/// Replaces the TPM keyslot of `dev`'s first `systemd-tpm2` token by a new
+/// one opening with `passphrase` (the volume key `key` proves the right to),
+/// the token by `token(new keyslot)` in place, and destroys the keyslots
+/// the old token named. A cut before the token is replaced leaves the old
+/// token and a spare keyslot; after it, a spare old keyslot whose secret
+/// is sealed to a policy that no longer holds. Returns the new keyslot.
+pub fn replace_tpm_keyslot(
+    dev: &Path,
+    key: &[u8],
+    passphrase: &[u8],
+    token: impl Fn(u32) -> serde_json::Value,
+) -> Result<u32, LuksError> {
+    let wrap = wrapper(dev);
+    let mut cd = load(dev)?;
+    use_minimal_pbkdf(&mut cd, dev)?;
+    let Some((id, old)) = first_tpm2_token(&mut cd) else {
+        return Err(LuksError::Header {
+            dev: dev.display().to_string(),
+            why: "no systemd-tpm2 token to replace".into(),
+        });
+    };
+    let old_slots: Vec<u32> = old["keyslots"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .take(MAX_TOKEN_KEYSLOTS)
+                .filter_map(|k| k.as_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let slot = cd
+        .keyslot_handle()
+        .add_by_key(
+            None,
+            Some(Either::Left(key)),
+            passphrase,
+            CryptVolumeKey::empty(),
+        )
+        .map_err(&wrap)?;
+    cd.token_handle()
+        .json_set(TokenInput::ReplaceToken(id, &token(slot)))
+        .map_err(&wrap)?;
+    for old in old_slots.into_iter().filter(|&o| o != slot) {
+        cd.keyslot_handle().destroy(old).map_err(&wrap)?;
+    }
+    Ok(slot)
 }
 
 #[cfg(test)]
@@ -237,6 +296,40 @@ mod tests {
             .expect("cryptsetup (Debian cryptsetup-bin) is needed by this test");
         c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
         c.wait_with_output().unwrap()
+    }
+
+    /// A token naming `slot`, as ours do (only `keyslots` matters here).
+    fn fake_token(slot: u32, tag: &str) -> serde_json::Value {
+        serde_json::json!({"type": "systemd-tpm2", "keyslots": [slot.to_string()], "tag": tag})
+    }
+
+    #[test]
+    fn re_seal_swaps_the_tpm_keyslot_and_keeps_the_recovery_key() {
+        let (_d, img) = image();
+        let e = format_luks2(&img, b"old-tpm", b"recovery", |s| fake_token(s, "old")).unwrap();
+        let vol = volume_key(&img, b"recovery").unwrap();
+        let slot =
+            replace_tpm_keyslot(&img, &vol.key, b"new-tpm", |s| fake_token(s, "new")).unwrap();
+        assert_ne!(slot, e.tpm_keyslot);
+        let tok = tpm2_token(&img).unwrap().unwrap();
+        assert_eq!(
+            (tok["tag"].as_str(), tok["keyslots"][0].as_str()),
+            (Some("new"), Some(&*slot.to_string()))
+        );
+        let dump = Command::new("cryptsetup")
+            .args(["luksDump", "--dump-json-metadata"])
+            .arg(&img)
+            .output()
+            .unwrap();
+        let meta: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap();
+        let slots = meta["keyslots"].as_object().unwrap();
+        assert_eq!(slots.len(), 2, "{slots:?}");
+        assert_eq!(meta["tokens"].as_object().unwrap().len(), 1);
+        for (pass, opens) in [("new-tpm", true), ("recovery", true), ("old-tpm", false)] {
+            let out = test_open(&img, &["--key-file=-"], pass, &[]);
+            assert_eq!(out.status.success(), opens, "{pass}");
+        }
+        assert_eq!(volume_key(&img, b"new-tpm").unwrap().key, vol.key);
     }
 
     #[test]

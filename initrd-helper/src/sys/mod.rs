@@ -1,6 +1,7 @@
 //! The only code that touches the machine: block devices, mounts, the TPM,
 //! libcryptsetup. Everything above works on the typed values these return.
 
+pub mod ask;
 pub mod blkid;
 pub mod blkpg;
 pub mod block;
