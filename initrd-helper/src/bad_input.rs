@@ -121,6 +121,13 @@ fn cmdline_cases() -> Vec<Case> {
             "initrd_helper.factory_reset",
         ),
         case(
+            "re-seal not a bool",
+            &with("initrd_helper.reseal_after_recovery=maybe"),
+            "",
+            ok,
+            "initrd_helper.reseal_after_recovery",
+        ),
+        case(
             "verity geometry option",
             &with("systemd.verity_root_options=hash-offset=4096"),
             "",
@@ -235,6 +242,11 @@ fn config_cases() -> Vec<Case> {
             "partition_type",
         ),
         c("disk not a GUID", "[devices]\ndisk = \"banana\"\n", "disk"),
+        c(
+            "no recovery tries",
+            "[data]\nrecovery_tries = 0\n",
+            "data.recovery_tries = 0: expected 1 to 10",
+        ),
     ]
 }
 

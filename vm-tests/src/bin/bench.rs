@@ -1,8 +1,9 @@
 //! `make bench`: boots the image N times (IH_BENCH_BOOTS, default 3) and
 //! prints the helper's step durations and boot figures; then a first and a
 //! second boot (UEFI, TPM) on a 2 GiB and a 256 GiB sparse disk, for the
-//! provisioning, unlock and peak-RSS figures. Figures only: no threshold
-//! fails anything.
+//! provisioning, unlock and peak-RSS figures; then the unlock time under a
+//! literal and under a signed PCR policy (IH_BENCH_POLICY_BOOTS each,
+//! default 3). Figures only: no threshold fails anything.
 
 use std::collections::BTreeMap;
 use vm_tests::{boot, enlarge, Artifacts, BootOpts, Scratch};
@@ -69,6 +70,67 @@ fn first_and_second(a: &Artifacts, gib: u64) {
     }
 }
 
+/// The data step's unlock time under a literal PCR 7 policy (direct
+/// kernel boot) and under the signed PCR 11 + PCR 7 policy (UKI A), on
+/// two machines provisioned first, then unlocked `n` times each,
+/// interleaved, so both see the same machine load.
+fn unlock_by_policy(a: &Artifacts, n: usize) {
+    let machines: Vec<(&str, Scratch)> = ["literal", "signed"]
+        .into_iter()
+        .map(|p| (p, Scratch::new(&format!("bench-{p}"))))
+        .collect();
+    let disks: Vec<_> = machines
+        .iter()
+        .map(|(_, s)| {
+            let d = s.copy_disk(&a.disk);
+            enlarge(&d, 2 << 30);
+            (d, s.uefi_vars())
+        })
+        .collect();
+    let uki = vm_tests::uki::path(a, "a");
+    let mut figures: BTreeMap<(&str, String), Vec<f64>> = BTreeMap::new();
+    for round in 0..=n {
+        for ((policy, s), (disk, vars)) in machines.iter().zip(&disks) {
+            let name = format!("{policy}-{round}");
+            let b = boot(
+                a,
+                &BootOpts {
+                    snapshot: false,
+                    uefi_vars: Some(vars),
+                    uki: (*policy == "signed").then_some(uki.as_path()),
+                    ..BootOpts::new(&name, disk, &s.0)
+                },
+            );
+            let times = step_times(&b.console);
+            let unlock = times.iter().find(|(k, _)| k == "data/unlocked");
+            match (round, unlock) {
+                (0, _) => println!("{policy}: provisioned (wall {:.1} s)", b.wall.as_secs_f64()),
+                (_, Some((_, ms))) => println!("{policy}: unlock {round}: {ms:.1} ms"),
+                (_, None) => panic!("{policy} boot {round}: no unlock line:\n{}", b.console),
+            }
+            if round > 0 {
+                for (k, v) in times {
+                    figures.entry((policy, k)).or_default().push(v);
+                }
+            }
+        }
+    }
+    println!("\nunlock by policy, median of {n} boots each (OVMF + swtpm, TCG; ms):");
+    for key in ["data/unlocked", "data", "total"] {
+        for policy in ["literal", "signed"] {
+            let mut v = figures
+                .remove(&(policy, key.to_string()))
+                .unwrap_or_default();
+            println!("  {policy:<8} {key:<14} {:>8.1}", median(&mut v));
+        }
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 fn main() {
     let a = Artifacts::from_env();
     let n: usize = std::env::var("IH_BENCH_BOOTS")
@@ -96,10 +158,7 @@ fn main() {
         }
         println!("boot {i}: wall {:.1} s", b.wall.as_secs_f64());
     }
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-    };
+    let med = |v: &mut Vec<f64>| median(v);
     println!("\nmedian of {n} boots (QEMU TCG, 2 vCPU; ms, each a first boot: writes discarded):");
     for (k, v) in steps.iter_mut() {
         let unit = if k.contains("KiB") { "" } else { " ms" };
@@ -109,5 +168,12 @@ fn main() {
     let sizes = std::env::var("IH_BENCH_DISKS_GIB").unwrap_or_else(|_| "2 256".into());
     for gib in sizes.split_whitespace().filter_map(|g| g.parse().ok()) {
         first_and_second(&a, gib);
+    }
+    let policy_boots = std::env::var("IH_BENCH_POLICY_BOOTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    if policy_boots > 0 {
+        unlock_by_policy(&a, policy_boots);
     }
 }
