@@ -26,6 +26,7 @@ lint: static
 
 unit: static
 	$(CARGO) test --locked -p initrd-helper --lib --bins
+	$(CARGO) test --locked -p vm-tests --lib
 
 images: build
 	vm-tests/build-image.sh $(BIN) >/dev/null

@@ -39,14 +39,23 @@ pub fn predictions(a: &Artifacts, slot: &str) -> BTreeMap<String, String> {
     m
 }
 
+/// The guest prints the status report in chunks of this many hex digits.
+const CHUNK: usize = 800;
+
 /// The helper's status report (/run/initrd-helper/status.json), which the
 /// guest's probe prints as hex chunks. Panics when it is missing or not JSON.
 pub fn status(b: &crate::Boot) -> serde_json::Value {
     let n: usize = b.value("status_chunks").parse().unwrap_or(0);
     b.check(n > 0, "the guest found no status report");
-    let hex: String = (1..=n)
+    let chunks: Vec<String> = (1..=n)
         .map(|i| b.value(&format!("status_hex_{i}")))
         .collect();
+    let v = decode(&chunks.concat()).or_else(|| repaired(&b.name, &chunks));
+    b.check(v.is_some(), "the status report is not JSON");
+    v.unwrap_or_default()
+}
+
+fn decode(hex: &str) -> Option<serde_json::Value> {
     let bytes: Option<Vec<u8>> = (0..hex.len())
         .step_by(2)
         .map(|i| {
@@ -54,7 +63,56 @@ pub fn status(b: &crate::Boot) -> serde_json::Value {
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
         })
         .collect();
-    let v = bytes.and_then(|b| serde_json::from_slice(&b).ok());
-    b.check(v.is_some(), "the status report is not JSON");
-    v.unwrap_or_default()
+    serde_json::from_slice(&bytes?).ok()
+}
+
+/// The serial console sometimes lets another writer's byte into a long
+/// line (seen once after typed input): a chunk one digit too long is
+/// decoded without each of its digits in turn. Removing any other digit
+/// than the stray one shifts every later pair, which is not JSON.
+fn repaired(name: &str, chunks: &[String]) -> Option<serde_json::Value> {
+    let (i, long) = chunks
+        .iter()
+        .enumerate()
+        .find(|(i, c)| c.len() == CHUNK + 1 && *i + 1 < chunks.len())?;
+    let v = (0..long.len()).find_map(|k| {
+        let mut fixed = chunks.to_vec();
+        fixed[i].remove(k);
+        decode(&fixed.concat())
+    });
+    if v.is_some() {
+        eprintln!(
+            "boot {name}: status chunk {} had one stray console byte",
+            i + 1
+        );
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stray_digit_in_a_chunk_is_repaired_and_nothing_else_is() {
+        let json = serde_json::json!({"text": "x".repeat(900), "ms": 499.5});
+        let hex: String = json
+            .to_string()
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut chunks: Vec<String> = hex
+            .as_bytes()
+            .chunks(CHUNK)
+            .map(|c| String::from_utf8(c.to_vec()).unwrap())
+            .collect();
+        assert!(chunks.len() > 1);
+        assert_eq!(decode(&chunks.concat()), Some(json.clone()));
+        chunks[0].insert(301, 'a');
+        assert_eq!(decode(&chunks.concat()), None);
+        assert_eq!(repaired("t", &chunks), Some(json));
+        // Two stray digits are not guessed at.
+        chunks[0].insert(500, 'a');
+        assert_eq!(repaired("t", &chunks), None);
+    }
 }
