@@ -122,8 +122,10 @@ pub(super) fn data_step(
     let tpm_ok = matches!(facts.tpm, TpmFacts::Present { .. });
     // Opened by hand with the recovery key: only the mount is left to do.
     let opened = action == DataAction::Open && reset.is_none() && facts.data_open;
-    let recovery = recovery_options(cmd, cfg);
-    let prompt = action == DataAction::Open && reset.is_none() && recovery.prompt;
+    // A volume a reset is about to erase is not worth a recovery key.
+    let mut recovery = recovery_options(cmd, cfg);
+    recovery.prompt &= reset.is_none();
+    let prompt = action == DataAction::Open && recovery.prompt;
     if cfg.data.encryption == Encryption::Tpm2 && !tpm_ok && !opened && prompt && facts.tpm_settled
     {
         warnings.push(format!(
@@ -473,6 +475,13 @@ mod tests {
             "{}",
             s.describe()
         );
+        // Not for a volume a factory reset erases anyway.
+        let reset = crate::cmdline::parse("systemd.factory_reset=1").unwrap();
+        let luks = Ok(Signature::Found("crypto_LUKS".into()));
+        match data_plan(&data_facts(luks, 0, true), &reset).unwrap() {
+            Step::Data(d) => assert!(!d.recovery.prompt && d.reset.is_some()),
+            s => panic!("{s:?}"),
+        }
         let off = crate::cmdline::parse("initrd_helper.recovery_prompt=0").unwrap();
         let e = data_plan(&f, &off).unwrap_err();
         assert!(e.to_string().contains("recovery key"), "{e}");
