@@ -25,7 +25,7 @@ digest() { cat "$@" | sha256sum | cut -c1-16; }
 SUITE=bookworm
 # The guest root: systemd in both stages, dracut to build the initrd in place,
 # and the tools tests inspect the guest with.
-GUEST_PKGS=systemd,systemd-sysv,udev,kmod,dracut-core,e2fsprogs,util-linux,cryptsetup-bin,cryptsetup,procps,fdisk,dmsetup,libtss2-esys-3.0.2-0,libtss2-mu0,libtss2-rc0,libtss2-tcti-device0
+GUEST_PKGS=systemd,systemd-sysv,systemd-boot,udev,kmod,dracut-core,e2fsprogs,util-linux,cryptsetup-bin,cryptsetup,procps,fdisk,dmsetup,libtss2-esys-3.0.2-0,libtss2-mu0,libtss2-rc0,libtss2-tcti-device0
 # Kernel modules the guest never needs; dropped to keep the root small.
 PRUNE_MODULES="drivers/gpu drivers/media drivers/net/wireless drivers/infiniband drivers/staging sound drivers/bluetooth net/wireless drivers/iio drivers/hid drivers/input/touchscreen drivers/scsi/qla2xxx drivers/scsi/lpfc"
 
@@ -42,10 +42,57 @@ if [ ! -e "$kdir/done" ]; then
   touch "$kdir/done"
 fi
 
+# ---- tools root: trixie's systemd-repart 257 and mkosi 25 -------------------
+# Bookworm's systemd-repart (252) cannot build these images offline and its
+# mkosi (14) predates mkosi-initrd (repart-notes.md): both run in a trixie
+# root made by mmdebstrap, never installed on the host.
+# ukify, systemd-measure (which computes PolicyPCR digests with libtss2) and
+# the 257 stub build the UKIs: stub and tools of one version (uki-notes.md).
+TOOLS_PKGS=systemd-repart,erofs-utils,dosfstools,mtools,cryptsetup-bin,mkosi,kmod,zstd,systemd-ukify,systemd-boot-efi,openssl,libtss2-esys-3.0.2-0t64,libtss2-rc0t64,libtss2-mu-4.0.1-0t64
+repartroot="$cache/tools-root-$(echo "trixie $TOOLS_PKGS" | sha256sum | cut -c1-16)"
+if [ ! -e "$repartroot.done" ]; then
+  log "tools root (trixie, mmdebstrap)"
+  rm -rf "$repartroot"
+  mmdebstrap --quiet --variant=minbase --include="$TOOLS_PKGS" trixie "$repartroot" >&2
+  # mkosi-initrd installs from the root's own apt lists (--cache-only=metadata).
+  cp /etc/resolv.conf "$repartroot/etc/resolv.conf"
+  chroot "$repartroot" apt-get update -qq >&2
+  touch "$repartroot.done"
+fi
+# in_tools CMD...: runs CMD in the tools root, in a private mount namespace
+# (its /proc, /dev and /sys go away with it; the root is bind-mounted onto
+# itself because mkosi's sandbox needs / to be a mount point).
+in_tools() {
+  unshare --mount --propagation private sh -c 'r=$1; shift
+    mount --bind "$r" "$r" && mount -t proc proc "$r/proc" && mount --bind /dev "$r/dev" &&
+      mount -t sysfs sys "$r/sys" && exec chroot "$r" "$@"' sh "$repartroot" "$@"
+}
+
+# install_sysupdate ROOT: A/B updates in the guest by Debian's
+# systemd-sysupdate, which only trixie (257) ships: its binaries with their
+# library closure and loader from the tools root (guest/systemd-sysupdate
+# runs them), and the transfers (guest/sysupdate-*.transfer).
+install_sysupdate() {
+  local r=$1 d="$1/usr/local/lib/sysupdate-257" bins="/usr/lib/systemd/systemd-sysupdate /usr/lib/systemd/systemd-import"
+  mkdir -p "$d/bin" "$r/usr/lib/sysupdate.d"
+  for b in $bins; do cp "$repartroot$b" "$d/bin/"; done
+  # ldd's "name => path" lines and the loader's own line.
+  libs=$(chroot "$repartroot" ldd $bins | awk '/=> \// { print $3 } /^\t\/.*ld-linux/ { print $1 }' | sort -u)
+  [ -n "$libs" ] || { log "ldd found no libraries for systemd-sysupdate"; exit 1; }
+  for l in $libs; do cp -L "$repartroot$l" "$d/"; done
+  [ -x "$d/ld-linux-x86-64.so.2" ] || { log "no dynamic loader for systemd-sysupdate"; exit 1; }
+  install -m755 "$here/guest/systemd-sysupdate" "$r/usr/local/sbin/systemd-sysupdate"
+  install -m755 "$here/guest/sysupdate-import" "$d/systemd-import"
+  for t in "$here"/guest/sysupdate-*.transfer; do
+    install -m644 "$t" "$r/usr/lib/sysupdate.d/${t##*/sysupdate-}"
+  done
+  "$d/ld-linux-x86-64.so.2" --library-path "$d" "$d/bin/systemd-sysupdate" --version | head -1 >&2
+}
+
 # ---- guest root -------------------------------------------------------------
 # Keyed by its inputs, not by this whole script (an edit elsewhere must not
 # rebuild it): bump the tag when the steps of this section change.
-rootkey=$(echo "rootfs v2 $SUITE $GUEST_PKGS $kver $PRUNE_MODULES" | cat - "$here"/guest/* | sha256sum | cut -c1-16)
+rootkey=$(echo "rootfs v3 $SUITE $GUEST_PKGS $kver $PRUNE_MODULES $repartroot" | cat - "$here"/guest/* | sha256sum | cut -c1-16)
 rootfs="$cache/rootfs-$rootkey"
 if [ ! -e "$rootfs.done" ]; then
   log "guest root ($SUITE, mmdebstrap)"
@@ -62,6 +109,7 @@ if [ ! -e "$rootfs.done" ]; then
   # The helper writes /etc/machine-id on every boot; the image ships none.
   rm -f "$rootfs/etc/machine-id" "$rootfs/var/lib/dbus/machine-id"
   echo appliance > "$rootfs/etc/hostname"
+  install_sysupdate "$rootfs"
   chroot "$rootfs" passwd -qd root
   # Demo: log in on the serial console without a password.
   mkdir -p "$rootfs/etc/systemd/system/serial-getty@ttyS0.service.d"
@@ -105,27 +153,34 @@ place() {
   dd if="$1" of="$tmp/disk.img" bs=512 seek="$start" conv=notrunc,sparse status=none
 }
 
-# ab_disk DATA_TYPE HASH_TYPE SLOT_MIB HASH_MIB HASH_A HASH_B NAME: the A/B
-# disk in $tmp/disk.img (and $tmp/layout.json), slot images from
+# ab_disk DATA_TYPE HASH_TYPE SLOT_MIB HASH_MIB HASH_A HASH_B NAME [ESP_MIB]:
+# the A/B disk in $tmp/disk.img (and $tmp/layout.json), slot images from
 # $tmp/NAME-{1,2}.img and their trees from $tmp/NAME-verity-{1,2}.img.
-# Layout (MiB): ESP 32 | A | A-verity | B | B-verity | data 64
+# HASH_B "-": slot B is free ("_empty", zeros, random UUIDs, read-only flag).
+# Layout (MiB): ESP 32 (or ESP_MIB) | A | A-verity | B | B-verity | data 64
 ab_disk() {
-  local t=$1 vt=$2 mib=$3 vmib=$4 ha=$5 hb=$6 n=$7
-  truncate -s "$(( 1 + 32 + 2 * (mib + vmib) + 64 + 1 ))M" "$tmp/disk.img"
+  local t=$1 vt=$2 mib=$3 vmib=$4 ha=$5 hb=$6 n=$7 esp_mib=${8:-32} b bv
+  if [ "$hb" = - ]; then
+    b='name="_empty", attrs="GUID:60"'; bv='name="_empty"'
+  else
+    b="name=\"appliance_2\", attrs=\"GUID:60\", uuid=$(as_uuid "${hb:0:32}")"
+    bv="name=\"appliance_2\", uuid=$(as_uuid "${hb:32:32}")"
+  fi
+  truncate -s "$(( 1 + esp_mib + 2 * (mib + vmib) + 64 + 1 ))M" "$tmp/disk.img"
   sfdisk -q --no-reread --no-tell-kernel "$tmp/disk.img" <<SFDISK
 label: gpt
 unit: sectors
 first-lba: 2048
-size=32MiB, type=c12a7328-f81f-11d2-ba4b-00a0c93ec93b, name="esp"
+size=${esp_mib}MiB, type=c12a7328-f81f-11d2-ba4b-00a0c93ec93b, name="esp"
 size=${mib}MiB, type=$t, name="appliance_1", attrs="GUID:60", uuid=$(as_uuid "${ha:0:32}")
 size=${vmib}MiB, type=$vt, name="appliance_1", uuid=$(as_uuid "${ha:32:32}")
-size=${mib}MiB, type=$t, name="appliance_2", attrs="GUID:60", uuid=$(as_uuid "${hb:0:32}")
-size=${vmib}MiB, type=$vt, name="appliance_2", uuid=$(as_uuid "${hb:32:32}")
+size=${mib}MiB, type=$t, $b
+size=${vmib}MiB, type=$vt, $bv
 size=64MiB, type=4d21b016-b534-45c2-a9fb-5c16e091fd2d, name="data"
 SFDISK
   sfdisk -J "$tmp/disk.img" > "$tmp/layout.json"
   place "$tmp/$n-1.img" 1; place "$tmp/$n-verity-1.img" 2
-  place "$tmp/$n-2.img" 3; place "$tmp/$n-verity-2.img" 4
+  [ "$hb" = - ] || { place "$tmp/$n-2.img" 3; place "$tmp/$n-verity-2.img" 4; }
 }
 
 if [ ! -e "$disk" ]; then
@@ -180,32 +235,6 @@ if [ ! -e "$usrdisk" ]; then
   echo "$uhash_a" > "$usrdisk.usrhash-a"; echo "$uhash_b" > "$usrdisk.usrhash-b"
   mv "$tmp/disk.img" "$usrdisk"; rm -rf "$tmp"
 fi
-
-# ---- tools root: trixie's systemd-repart 257 and mkosi 25 -------------------
-# Bookworm's systemd-repart (252) cannot build these images offline and its
-# mkosi (14) predates mkosi-initrd (repart-notes.md): both run in a trixie
-# root made by mmdebstrap, never installed on the host.
-# ukify, systemd-measure (which computes PolicyPCR digests with libtss2) and
-# the 257 stub build the UKIs: stub and tools of one version (uki-notes.md).
-TOOLS_PKGS=systemd-repart,erofs-utils,dosfstools,mtools,cryptsetup-bin,mkosi,kmod,zstd,systemd-ukify,systemd-boot-efi,openssl,libtss2-esys-3.0.2-0t64,libtss2-rc0t64,libtss2-mu-4.0.1-0t64
-repartroot="$cache/tools-root-$(echo "trixie $TOOLS_PKGS" | sha256sum | cut -c1-16)"
-if [ ! -e "$repartroot.done" ]; then
-  log "tools root (trixie, mmdebstrap)"
-  rm -rf "$repartroot"
-  mmdebstrap --quiet --variant=minbase --include="$TOOLS_PKGS" trixie "$repartroot" >&2
-  # mkosi-initrd installs from the root's own apt lists (--cache-only=metadata).
-  cp /etc/resolv.conf "$repartroot/etc/resolv.conf"
-  chroot "$repartroot" apt-get update -qq >&2
-  touch "$repartroot.done"
-fi
-# in_tools CMD...: runs CMD in the tools root, in a private mount namespace
-# (its /proc, /dev and /sys go away with it; the root is bind-mounted onto
-# itself because mkosi's sandbox needs / to be a mount point).
-in_tools() {
-  unshare --mount --propagation private sh -c 'r=$1; shift
-    mount --bind "$r" "$r" && mount -t proc proc "$r/proc" && mount --bind /dev "$r/dev" &&
-      mount -t sysfs sys "$r/sys" && exec chroot "$r" "$@"' sh "$repartroot" "$@"
-}
 
 # ---- repart disk: the hermetic-/usr image laid out by systemd-repart --------
 # Made entirely by systemd-repart 257 from vm-tests/repart.d (ESP; usr A +
@@ -301,6 +330,8 @@ fi
 # signed for the boot phases by one PCR key (made once per cache, like a
 # vendor's key): the A/B pair an update moves between. ukify --measure's
 # PCR 11 predictions are kept beside each (uki-X.efi.pcr11: "PHASE HASH").
+# A failed initrd reboots (dracut: rd.shell=0 rd.emergency=reboot), so boot
+# counting gets its next try, and nobody gets a root shell.
 pcrkey="$cache/pcr-key"
 if [ ! -e "$pcrkey/done" ]; then
   rm -rf "$pcrkey" "$repartroot/work"; mkdir -p "$pcrkey" "$repartroot/work"
@@ -310,7 +341,7 @@ if [ ! -e "$pcrkey/done" ]; then
   touch "$pcrkey/done"
 fi
 ukikey=$(digest "$initrd" "$kdir/x/boot/vmlinuz-$kver" "$pcrkey/pub.pem" "$disk.roothash-a" "$disk.roothash-b" \
-  <(echo "$repartroot uki v1"))
+  <(echo "$repartroot uki v2"))
 ukis=()
 for slot in a b; do
   uki="$cache/uki-$ukikey-$slot.efi"
@@ -323,7 +354,7 @@ for slot in a b; do
   v=$([ $slot = a ] && echo 1 || echo 2)
   printf 'ID=appliance\nNAME=Appliance\nIMAGE_ID=appliance\nIMAGE_VERSION=%s\n' "$v" > "$w/os-release"
   in_tools ukify build --linux=/work/vmlinuz --initrd=/work/initrd --uname="$kver" \
-    --cmdline="console=ttyS0 panic=-1 ih_test.poweroff ih_test.write=uki-$slot roothash=$(cat "$disk.roothash-$slot")" \
+    --cmdline="console=ttyS0 panic=-1 rd.shell=0 rd.emergency=reboot ih_test.poweroff ih_test.write=uki-$slot roothash=$(cat "$disk.roothash-$slot")" \
     --os-release=@/work/os-release --pcr-private-key=/work/priv.pem --pcr-public-key=/work/pub.pem \
     --measure --output=/work/uki.efi > "$w/ukify.log" 2>&1 || { tail -20 "$w/ukify.log" >&2; exit 1; }
   # "# PCR[11] Phase <enter-initrd>" then "11:sha256=HEX": one "PHASE HEX" line each.
@@ -333,14 +364,71 @@ for slot in a b; do
   mv "$w/uki.efi" "$uki"; mv "$w/pcr11" "$uki.pcr11"; rm -rf "$w"
 done
 
+# ---- A/B update by systemd-sysupdate: boot disk, ESP, update payload ------
+# The factory state an update starts from: a 192 MiB ESP (two UKIs fit),
+# root slot A (version 1, as on the disk image) and a free slot B labelled
+# "_empty" (zeros, fresh random UUIDs) for systemd-sysupdate to fill, and the
+# blank data partition. The ESP (esp-KEY.img, written into partition 1 by
+# the test) holds systemd-boot 257 and UKI A as \EFI\Linux\appliance_1.efi;
+# the payload directory is version 2 as a vendor ships it: slot B's root and
+# verity images named by their partition UUIDs, and UKI B.
+# sectors_of IMG INDEX: "START SIZE" of partition INDEX (0-based) of IMG.
+sectors_of() {
+  python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))["partitiontable"]["partitions"][int(sys.argv[2])]; print(p["start"], p["size"])' "$1.layout.json" "$2"
+}
+# extract IMG INDEX OUT: partition INDEX of IMG as the file OUT (sparse).
+extract() {
+  local ss; read -r -a ss < <(sectors_of "$1" "$2")
+  dd if="$1" of="$3" bs=512 skip="${ss[0]}" count="${ss[1]}" conv=sparse status=none
+}
+updkey=$(echo "$diskkey sysupdate disk v2" | sha256sum | cut -c1-16)
+upddisk="$cache/sysupdate-disk-$updkey.img"
+if [ ! -e "$upddisk" ]; then
+  log "sysupdate disk image"
+  tmp="$cache/build-upd-$updkey"; rm -rf "$tmp"; mkdir -p "$tmp"
+  read -r -a ra < <(sectors_of "$disk" 1); read -r -a va < <(sectors_of "$disk" 2)
+  extract "$disk" 1 "$tmp/root-1.img"; extract "$disk" 2 "$tmp/root-verity-1.img"
+  ab_disk 4f68bce3-e8cd-4db1-96e7-fbcaf984b709 2c7357ed-ebd2-46d9-aec1-23d437ec2bf5 \
+    $(( ra[1] / 2048 )) $(( va[1] / 2048 )) "$(cat "$disk.roothash-a")" - root 192
+  [ "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["partitiontable"]["partitions"][0]["start"])' "$tmp/layout.json")" = 2048 ] ||
+    { log "the ESP does not start at sector 2048"; exit 1; }
+  mv "$tmp/layout.json" "$upddisk.layout.json"; mv "$tmp/disk.img" "$upddisk"; rm -rf "$tmp"
+fi
+espkey=$(digest "$cache/uki-$ukikey-a.efi" <(echo "$repartroot esp v1"))
+esp="$cache/esp-$espkey.img"
+if [ ! -e "$esp" ]; then
+  log "ESP (systemd-boot $(chroot "$repartroot" sh -c 'dpkg-query -W -f "\${Version}" systemd-boot-efi'))"
+  w="$repartroot/work"; rm -rf "$w"; mkdir -p "$w"
+  cp "$cache/uki-$ukikey-a.efi" "$w/uki.efi"
+  # No menu: the newest entry with tries left boots at once.
+  printf 'timeout 0\neditor no\n' > "$w/loader.conf"
+  in_tools sh -c 'set -e; cd /work; mkfs.vfat -F 32 -C -n ESP -S 512 esp.img $((192 * 1024))
+    mmd -i esp.img ::/EFI ::/EFI/BOOT ::/EFI/Linux ::/loader
+    mcopy -i esp.img /usr/lib/systemd/boot/efi/systemd-bootx64.efi ::/EFI/BOOT/BOOTX64.EFI
+    mcopy -i esp.img loader.conf ::/loader/loader.conf
+    mcopy -i esp.img uki.efi ::/EFI/Linux/appliance_1.efi' >&2
+  mv "$w/esp.img" "$esp"; rm -rf "$w"
+fi
+payload="$cache/update-$(digest "$cache/uki-$ukikey-b.efi" <(echo "$diskkey payload v1"))"
+if [ ! -e "$payload.done" ]; then
+  log "update payload (version 2)"
+  rm -rf "$payload"; mkdir -p "$payload"
+  hb=$(cat "$disk.roothash-b")
+  extract "$disk" 3 "$payload/appliance_2_$(as_uuid "${hb:0:32}").root.raw"
+  extract "$disk" 4 "$payload/appliance_2_$(as_uuid "${hb:32:32}").verity.raw"
+  ln "$cache/uki-$ukikey-b.efi" "$payload/appliance_2.efi"
+  touch "$payload.done"
+fi
+
 # Drop superseded builds (other keys) so the cache does not grow per change.
 # (build-* are the work dirs of builds that were cut short.)
 for old in "$cache"/rootfs-* "$cache"/tools-root-* "$cache"/repart-root-* "$cache"/disk-*.img* "$cache"/usrdisk-*.img* \
-  "$cache"/repartdisk-*.img* "$cache"/initrd-*.img "$cache"/build-* "$cache"/uki-*; do
-  case " $rootfs $rootfs.done $repartroot $repartroot.done $initrd $mkosiinitrd ${layout_initrds[*]} ${ukis[*]} " in
+  "$cache"/repartdisk-*.img* "$cache"/initrd-*.img "$cache"/build-* "$cache"/uki-* "$cache"/sysupdate-disk-*.img* \
+  "$cache"/esp-*.img "$cache"/update-*; do
+  case " $rootfs $rootfs.done $repartroot $repartroot.done $initrd $mkosiinitrd ${layout_initrds[*]} ${ukis[*]} $esp $payload $payload.done " in
     *" $old "*) continue ;;
   esac
-  case "$old" in "$disk"*|"$usrdisk"*|"$repartdisk"*) ;; *) rm -rf "$old" ;; esac
+  case "$old" in "$disk"*|"$usrdisk"*|"$repartdisk"*|"$upddisk"*) ;; *) rm -rf "$old" ;; esac
 done
 
 out="$cache/current"
@@ -358,6 +446,10 @@ for slot in a b; do
   ln -sf "$cache/uki-$ukikey-$slot.efi" "$out/uki-$slot.efi"
   ln -sf "$cache/uki-$ukikey-$slot.efi.pcr11" "$out/uki-$slot.efi.pcr11"
 done
+ln -sf "$upddisk" "$out/sysupdate-disk.img"
+ln -sf "$upddisk.layout.json" "$out/sysupdate-disk.img.layout.json"
+ln -sf "$esp" "$out/esp.img"
+ln -sfn "$payload" "$out/update"
 for f in "${layout_initrds[@]}"; do
   name=${f%.*.img}; ln -sf "$f" "$out/initrd-${name##*.}.img"
 done

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod esp;
 pub mod machine;
 pub mod uki;
 
@@ -168,6 +169,15 @@ pub struct BootOpts<'a> {
     /// Typed on the serial console, in order: each text once its console
     /// text has appeared (a person answering a prompt).
     pub typed: Vec<(String, String)>,
+    /// Boot through the firmware from the disk's ESP (systemd-boot picks
+    /// the UKI; needs `uefi_vars`): nothing from `Artifacts` or `append`.
+    pub esp: bool,
+    /// A host directory the guest can mount read-only (virtio 9p, tag
+    /// `ih-update`): the update payload.
+    pub share: Option<&'a Path>,
+    /// Let a guest reboot run on in the same QEMU (the firmware, boot
+    /// loader and TPM go through a reset), instead of ending the boot.
+    pub reboot: bool,
 }
 
 impl<'a> BootOpts<'a> {
@@ -191,6 +201,9 @@ impl<'a> BootOpts<'a> {
             smbios_uuid: None,
             uki: None,
             typed: Vec::new(),
+            esp: false,
+            share: None,
+            reboot: false,
         }
     }
 }
@@ -368,8 +381,13 @@ fn qemu_command(a: &Artifacts, o: &BootOpts, console: &Path) -> Command {
         "-m",
         "1024",
     ])
-    .args(["-nographic", "-nodefaults", "-no-reboot"]);
-    if let Some(uki) = o.uki {
+    .args(["-nographic", "-nodefaults"]);
+    if !o.reboot {
+        c.arg("-no-reboot");
+    }
+    if o.esp {
+        assert!(o.uefi_vars.is_some(), "an ESP boots through the firmware");
+    } else if let Some(uki) = o.uki {
         // No -append: it would replace the UKI's .cmdline (and be measured
         // into PCR 12 instead).
         assert!(o.uefi_vars.is_some(), "a UKI boots through the firmware");
@@ -419,6 +437,19 @@ fn qemu_command(a: &Artifacts, o: &BootOpts, console: &Path) -> Command {
             &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
             "-drive",
             &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+        ]);
+    }
+    if let Some(dir) = o.share {
+        // A fixed PCI slot: auto-numbered, it would take the boot disk's
+        // slot, and the firmware's saved boot entry would then point at
+        // the share on the next boot.
+        let fs = format!(
+            "local,id=upd,path={},security_model=none,readonly=on",
+            dir.display()
+        );
+        c.args(["-fsdev", &fs]).args([
+            "-device",
+            "virtio-9p-pci,fsdev=upd,mount_tag=ih-update,addr=0x1e",
         ]);
     }
     if let Some(d) = o.extra_disk {
