@@ -303,6 +303,19 @@ for conf in "$here"/config/layout-*.toml; do
   mv "$extra.tmp" "$extra"; rm -rf "$tmp"
 done
 
+# ---- PID-1 initrd: the helper as /init (dracut-like-modules/pid1) ----------
+# No systemd, no udev: dracut-like-modules/pid1/mkinitrd.sh with the guest
+# kernel's modules and the guest root's mkfs.ext4, and the dracut initrd's
+# config.
+pid1src="$top/dracut-like-modules/pid1/mkinitrd.sh"
+pid1key=$(digest "$helper" "$pid1src" "$config" <(echo "$rootkey pid1 v1"))
+pid1initrd="$cache/initrd-pid1-$pid1key.img"
+if [ ! -e "$pid1initrd" ]; then
+  log "initrd (PID 1)"
+  "$pid1src" --kver "$kver" --helper "$helper" --config "$config" --root "$rootfs" \
+    --moddir "$rootfs/usr/lib/modules" --out "$pid1initrd"
+fi
+
 # ---- mkosi initrd: mkosi-initrd (25) with our drop-in ------------------------
 # dracut-like-modules/mkosi/install.sh puts the drop-in into the tools root's
 # /etc/mkosi-initrd; mkosi-initrd builds trixie's systemd initrd with it for
@@ -425,7 +438,7 @@ fi
 for old in "$cache"/rootfs-* "$cache"/tools-root-* "$cache"/repart-root-* "$cache"/disk-*.img* "$cache"/usrdisk-*.img* \
   "$cache"/repartdisk-*.img* "$cache"/initrd-*.img "$cache"/build-* "$cache"/uki-* "$cache"/sysupdate-disk-*.img* \
   "$cache"/esp-*.img "$cache"/update-*; do
-  case " $rootfs $rootfs.done $repartroot $repartroot.done $initrd $mkosiinitrd ${layout_initrds[*]} ${ukis[*]} $esp $payload $payload.done " in
+  case " $rootfs $rootfs.done $repartroot $repartroot.done $initrd $mkosiinitrd $pid1initrd ${layout_initrds[*]} ${ukis[*]} $esp $payload $payload.done " in
     *" $old "*) continue ;;
   esac
   case "$old" in "$disk"*|"$usrdisk"*|"$repartdisk"*|"$upddisk"*) ;; *) rm -rf "$old" ;; esac
@@ -440,6 +453,7 @@ for f in roothash-a roothash-b layout.json; do ln -sf "$disk.$f" "$out/$f"; done
 ln -sf "$usrdisk" "$out/usr-disk.img"
 ln -sf "$repartdisk" "$out/repart-disk.img"
 ln -sf "$mkosiinitrd" "$out/initrd-mkosi.img"
+ln -sf "$pid1initrd" "$out/initrd-pid1.img"
 for f in usrhash-a usrhash-b; do ln -sf "$usrdisk.$f" "$out/usr-disk.img.$f"; done
 ln -sf "$repartdisk.usrhash-a" "$out/repart-disk.img.usrhash-a"
 for slot in a b; do

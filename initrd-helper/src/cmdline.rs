@@ -81,6 +81,12 @@ pub struct Cmdline {
     /// `initrd_helper.reseal_after_recovery=`: overrides
     /// `data.reseal_after_recovery`.
     pub reseal_after_recovery: Option<bool>,
+    /// `initrd_helper.on_failure=` (PID-1 mode): what PID 1 does when the
+    /// boot fails.
+    pub on_failure: Option<crate::pid1::OnFailure>,
+    /// The kernel's `init=`: the real root's init (PID-1 mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
     /// Warnings about ignored malformed cosmetic options.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -200,6 +206,8 @@ impl Default for Cmdline {
             debug: false,
             recovery_prompt: None,
             reseal_after_recovery: None,
+            on_failure: None,
+            init: None,
             warnings: Vec::new(),
         }
     }
@@ -252,6 +260,7 @@ impl Cmdline {
                     .ok_or_else(|| refuse(key, v, "expected a boolean (1/0, yes/no)"))?;
                 self.factory_reset_off = !self.factory_reset;
             }
+            "init" => self.init = v.map(str::to_string),
             _ => return self.take_ours(key, v),
         }
         Ok(())
@@ -295,6 +304,11 @@ impl Cmdline {
                 })?;
                 self.factory_reset_id = Some(id.to_string());
             }
+            // A misspelt policy falls back to waiting, which never loops.
+            "on_failure" => match v.and_then(crate::pid1::OnFailure::parse) {
+                Some(p) => self.on_failure = Some(p),
+                None => self.warn(key, v, "expected wait, reboot, poweroff or halt"),
+            },
             _ => self.warn(key, v, "unknown option"),
         }
         Ok(())
@@ -500,8 +514,12 @@ mod tests {
 
     #[test]
     fn foreign_options_are_ignored() {
-        let c = parse("console=ttyS0 root=/dev/sda ro rd.shell=0 init=/bin/sh").unwrap();
+        let c = parse("console=ttyS0 root=/dev/sda ro rd.shell=0").unwrap();
         assert_eq!(c, Cmdline::default());
+        // init= is only read (PID-1 mode hands over to it), never refused.
+        let c = parse("init=/bin/sh").unwrap();
+        assert_eq!(c.init.as_deref(), Some("/bin/sh"));
+        assert!(c.warnings.is_empty());
     }
 
     #[test]

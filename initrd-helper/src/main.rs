@@ -211,20 +211,9 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// Errors end in one line that says what failed and that nothing on disk
-/// was changed by the failing decision.
-fn report(e: &anyhow::Error) {
-    ::log::error!("error: {}", inputs::error_line(e));
-}
-
-fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("initrd-helper: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+/// The C libraries' environment, set before anything runs (PID 1's
+/// child inherits it).
+fn set_library_env() {
     // OpenSSL (inside libcryptsetup/tpm2-tss) must not dlopen providers or
     // read the host's config from a static binary.
     std::env::set_var("OPENSSL_CONF", "/dev/null");
@@ -233,6 +222,28 @@ fn main() -> ExitCode {
     if std::env::var_os("TSS2_LOG").is_none() {
         std::env::set_var("TSS2_LOG", "all+none");
     }
+}
+
+/// Errors end in one line that says what failed and that nothing on disk
+/// was changed by the failing decision.
+fn report(e: &anyhow::Error) {
+    ::log::error!("error: {}", inputs::error_line(e));
+}
+
+fn main() -> ExitCode {
+    set_library_env();
+    // The kernel started us as /init (PID-1 mode): its arguments are
+    // leftovers of the kernel command line, not ours.
+    if rustix::process::getpid().is_init() {
+        initrd_helper::init::main();
+    }
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("initrd-helper: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
     sys::cryptlog::route_to_logger();
     let result = match args.command.as_str() {
         "run" => {

@@ -94,7 +94,17 @@ fn check_table_finished(m: &Machine, b: &Boot) {
 #[test]
 #[ignore = "VM test: run through `make test`"]
 fn vm_first_boot_provision() {
-    let m = Machine::new("first_boot_provision", true);
+    first_boot_provision(false);
+}
+
+#[test]
+#[ignore = "VM test: run through `make test`"]
+fn vm_pid1_first_boot_provision() {
+    first_boot_provision(true);
+}
+
+fn first_boot_provision(pid1: bool) {
+    let m = Machine::new_for(pid1, "first_boot_provision", true);
     let b = m.boot_ok("first", "ih_test.write=hello");
     check_provisioned(&m, &b);
     b.check(b.value("data_write") == "ok", "writing to /var failed");
@@ -212,7 +222,17 @@ fn vm_data_grows_later() {
 #[test]
 #[ignore = "VM test: run through `make test`"]
 fn vm_second_boot_unlock() {
-    let m = Machine::new("second_boot_unlock", true);
+    second_boot_unlock(false);
+}
+
+#[test]
+#[ignore = "VM test: run through `make test`"]
+fn vm_pid1_second_boot_unlock() {
+    second_boot_unlock(true);
+}
+
+fn second_boot_unlock(pid1: bool) {
+    let m = Machine::new_for(pid1, "second_boot_unlock", true);
     let b1 = m.boot_ok("first", "ih_test.write=kept");
     check_provisioned(&m, &b1);
     let b2 = m.boot_ok("second", "");
@@ -364,7 +384,17 @@ fn vm_no_tpm() {
 #[test]
 #[ignore = "VM test: run through `make test`"]
 fn vm_factory_reset() {
-    let m = Machine::new("factory_reset", true);
+    factory_reset(false);
+}
+
+#[test]
+#[ignore = "VM test: run through `make test`"]
+fn vm_pid1_factory_reset() {
+    factory_reset(true);
+}
+
+fn factory_reset(pid1: bool) {
+    let m = Machine::new_for(pid1, "factory_reset", true);
     let b1 = m.boot_ok("before", "ih_test.write=old-data");
     check_provisioned(&m, &b1);
     let reset = "systemd.factory_reset=1";

@@ -136,8 +136,18 @@ fn vm_rollback_to_a() {
 #[test]
 #[ignore = "VM test: run through `make test`"]
 fn vm_verity_tamper() {
-    let a = Artifacts::from_env();
-    let s = Scratch::new("verity_tamper");
+    verity_tamper(false);
+}
+
+#[test]
+#[ignore = "VM test: run through `make test`"]
+fn vm_pid1_verity_tamper() {
+    verity_tamper(true);
+}
+
+fn verity_tamper(pid1: bool) {
+    let a = Artifacts::for_mode(pid1);
+    let s = Scratch::new(&a.scratch_name("verity_tamper"));
     let mut disk = TestDisk::new(&s, &a);
     // Flip a byte of the ext4 superblock in root-A's data area: the first
     // block the kernel reads when mounting.

@@ -74,9 +74,13 @@ fn resize_kernel(disk: &Path, ss: u64, first_lba: u64, g: &Grow) -> anyhow::Resu
 }
 
 /// Asks udev to re-probe partition `sysname` (its by-partuuid link follows
-/// the new UUID) and waits, bounded, for that link. A late udev is only
+/// the new UUID) and waits, bounded, for that link (when udev runs). A late udev is only
 /// worth a warning: the helper itself addresses the partition by its node.
 pub fn udev_refresh(sysname: &str, uuid: &Guid) -> bool {
+    // No udev (PID-1 mode): no links to wait for, nobody to warn.
+    if !Path::new("/run/udev/control").exists() {
+        return true;
+    }
     let _ = std::fs::write(format!("/sys/class/block/{sysname}/uevent"), "change");
     let link = format!("/dev/disk/by-partuuid/{uuid}");
     let t = Instant::now();

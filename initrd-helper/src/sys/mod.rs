@@ -8,6 +8,7 @@ pub mod block;
 pub mod cryptlog;
 pub mod disk_write;
 pub mod fs_grow;
+pub mod init;
 pub mod luks;
 pub mod mount;
 pub mod tpm;

@@ -3,7 +3,9 @@
 //! second boot (UEFI, TPM) on a 2 GiB and a 256 GiB sparse disk, for the
 //! provisioning, unlock and peak-RSS figures; then the unlock time under a
 //! literal and under a signed PCR policy (IH_BENCH_POLICY_BOOTS each,
-//! default 3). Figures only: no threshold fails anything.
+//! default 3); then stage 1 of the dracut initrd against the PID-1 initrd
+//! (IH_BENCH_MODE_BOOTS steady-state boots each, default 3). Figures only:
+//! no threshold fails anything.
 
 use std::collections::BTreeMap;
 use vm_tests::{boot, enlarge, Artifacts, BootOpts, Scratch};
@@ -126,6 +128,110 @@ fn unlock_by_policy(a: &Artifacts, n: usize) {
     }
 }
 
+/// Kernel timestamp (s) of the first console line containing `needle`
+/// (`last`: the last one).
+fn stamp(console: &str, needle: &str, last: bool) -> Option<f64> {
+    let mut hits = console
+        .lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| {
+            let inner = l.split_once('[')?.1.split_once(']')?.0;
+            inner.trim().parse::<f64>().ok()
+        });
+    if last {
+        hits.next_back()
+    } else {
+        hits.next()
+    }
+}
+
+/// Stage 1 of the dracut initrd (systemd, udev, our module) against the
+/// PID-1 initrd (the helper as /init), on a first boot and on steady-state
+/// boots (`n` each after the first), on a 2 GiB and a 256 GiB sparse disk:
+/// from the kernel's "Run /init" to the stage-2 systemd's first line, the
+/// helper's own total and its peak RSS. Four machines, booted interleaved.
+fn stage1_by_mode(n: usize) {
+    let modes = [("dracut", false), ("pid1", true)];
+    let mut figures: BTreeMap<(u64, &str, &str, &str), Vec<f64>> = BTreeMap::new();
+    let machines: Vec<_> = [2u64, 256]
+        .iter()
+        .flat_map(|&gib| modes.iter().map(move |&(m, pid1)| (gib, m, pid1)))
+        .map(|(gib, m, pid1)| {
+            let a = Artifacts::for_mode(pid1);
+            let s = Scratch::new(&format!("bench-mode-{m}-{gib}g"));
+            let disk = s.copy_disk(&a.disk);
+            enlarge(&disk, gib << 30);
+            let vars = s.uefi_vars();
+            (gib, m, a, s, disk, vars)
+        })
+        .collect();
+    for round in 0..=n {
+        for (gib, m, a, s, disk, vars) in &machines {
+            let name = format!("{m}-{gib}g-{round}");
+            let b = boot(
+                a,
+                &BootOpts {
+                    snapshot: false,
+                    uefi_vars: Some(vars),
+                    ..BootOpts::new(&name, disk, &s.0)
+                },
+            );
+            let start = stamp(&b.console, "Run /init as init process", false);
+            let stage2 = stamp(&b.console, "running in system mode", true);
+            let (Some(start), Some(stage2)) = (start, stage2) else {
+                panic!("{name}: no /init or stage-2 line:\n{}", b.console);
+            };
+            let kind = if round == 0 { "first" } else { "steady" };
+            let times = step_times(&b.console);
+            let get = |k: &str| times.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+            let mut put = |what, v: Option<f64>| {
+                if let Some(v) = v {
+                    figures.entry((*gib, kind, what, m)).or_default().push(v);
+                }
+            };
+            put("stage 1 to stage 2 (ms)", Some((stage2 - start) * 1000.0));
+            put("helper total (ms)", get("total"));
+            put("helper peak RSS (KiB)", get("peak RSS (KiB)"));
+            println!("{name}: stage 1 {:.0} ms", (stage2 - start) * 1000.0);
+        }
+    }
+    println!("\nstage 1 by mode, medians (OVMF + swtpm, TCG; first boot n=1, steady n={n}):");
+    println!(
+        "  {:<6} {:<7} {:<26} {:>10} {:>10} {:>7}",
+        "disk", "boot", "figure", "dracut", "pid1", "ratio"
+    );
+    let keys: Vec<_> = figures
+        .keys()
+        .map(|&(g, k, w, _)| (g, k, w))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for (gib, kind, what) in keys {
+        let mut med = |m| {
+            median(
+                figures
+                    .get_mut(&(gib, kind, what, m))
+                    .map(|v| v.as_mut_slice())
+                    .unwrap_or(&mut []),
+            )
+        };
+        let (d, p) = (med("dracut"), med("pid1"));
+        println!(
+            "  {:<6} {kind:<7} {what:<26} {d:>10.1} {p:>10.1} {:>7.2}",
+            format!("{gib}G"),
+            p / d
+        );
+    }
+    for (m, pid1) in modes {
+        let a = Artifacts::for_mode(pid1);
+        let raw = std::fs::metadata(&a.initrd).map(|md| md.len()).unwrap_or(0);
+        println!(
+            "  {m} initrd: {raw} bytes as built ({})",
+            if pid1 { "zstd" } else { "uncompressed cpio" }
+        );
+    }
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -175,5 +281,12 @@ fn main() {
         .unwrap_or(3);
     if policy_boots > 0 {
         unlock_by_policy(&a, policy_boots);
+    }
+    let mode_boots = std::env::var("IH_BENCH_MODE_BOOTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    if mode_boots > 0 {
+        stage1_by_mode(mode_boots);
     }
 }
