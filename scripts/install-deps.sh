@@ -19,6 +19,8 @@ PKGS=(
   # VM tests and the demo
   qemu-system-x86 swtpm swtpm-tools mmdebstrap fdisk e2fsprogs cryptsetup-bin
   dosfstools erofs-utils squashfs-tools ovmf python3-venv
+  # the PID-1 initrd builder compresses its cpio
+  zstd
   # the power-cut matrix resets the software TPM's dictionary-attack counter
   tpm2-tools
   # the NixOS module is evaluated with Debian's nix (2.8)
