@@ -2,6 +2,12 @@
 # Builds static libcryptsetup, libdevmapper and tpm2-tss from Debian source
 # packages into $IH_CACHE/static/<key>/prefix, once. Debian ships no .a for
 # these three (see shared/docs/static-build.md). Prints the prefix.
+#
+# No OpenSSL: libcryptsetup uses its nettle backend (hashes, HMAC, PBKDF2)
+# with patches/cryptsetup-nettle-xts.patch, which adds user-space AES-XTS so
+# keyslots work without AF_ALG (the kernel's user crypto API is a module the
+# initrd would need, and build hosts may have none); tpm2-tss uses mbedTLS.
+# That takes libcrypto's 3 MiB out of the binary.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cache=${IH_CACHE:-$here/.cache}
@@ -9,13 +15,17 @@ cache=${IH_CACHE:-$here/.cache}
 CRYPTSETUP_V=2:2.6.1-4~deb12u2
 LVM2_V=2.03.16-2
 TSS_V=4.1.3-1.2
-key=$(cat "$0" | sha256sum | cut -c1-16)
+key=$(cat "$0" "$here"/scripts/patches/*.patch | sha256sum | cut -c1-16)
 top="$cache/static/$key"
 prefix="$top/prefix"
 if [ -e "$top/done" ]; then echo "$prefix"; exit 0; fi
 rm -rf "$top"; mkdir -p "$top/src" "$prefix"
 cd "$top/src"
 jobs=$(nproc)
+# Small code, and sections the final link can drop one function at a time;
+# no unwind tables (nothing unwinds: the helper is built with panic=abort
+# and its link discards .eh_frame, see .cargo/config.toml).
+export CFLAGS="-Os -ffunction-sections -fdata-sections -fno-asynchronous-unwind-tables -fno-unwind-tables"
 log() { echo "build-static-libs: $*" >&2; }
 
 fetch_src() { # name version
@@ -49,12 +59,13 @@ export CPPFLAGS="-I$prefix/include" LDFLAGS="-L$prefix/lib"
 log "cryptsetup $CRYPTSETUP_V"
 fetch_src cryptsetup "$CRYPTSETUP_V"
 ( cd cryptsetup-src
+  patch -p1 -s < "$here/scripts/patches/cryptsetup-nettle-xts.patch"
   ./autogen.sh >/dev/null 2>&1
   ./configure --prefix="$prefix" --disable-shared --enable-static \
     --disable-asciidoc --disable-nls --disable-ssh-token --disable-external-tokens \
     --disable-cryptsetup --disable-veritysetup --disable-integritysetup \
     --disable-selinux --disable-udev --disable-pwquality \
-    --with-crypto_backend=openssl --enable-libargon2 --enable-blkid >/dev/null
+    --with-crypto_backend=nettle --enable-libargon2 --enable-blkid >/dev/null
   make -j"$jobs" libcryptsetup.la >/dev/null
   make install-libLTLIBRARIES install-includeHEADERS install-pkgconfigDATA >/dev/null )
 
@@ -63,7 +74,7 @@ fetch_src tpm2-tss "$TSS_V"
 ( cd tpm2-tss-src
   ./bootstrap >/dev/null 2>&1 || autoreconf -fi >/dev/null 2>&1
   ./configure --prefix="$prefix" --disable-shared --enable-static --enable-nodl \
-    --disable-fapi --disable-policy --with-crypto=ossl \
+    --disable-fapi --disable-policy --with-crypto=mbed \
     --enable-tcti-device --enable-tcti-swtpm --disable-tcti-mssim \
     --disable-tcti-pcap --disable-tcti-libtpms --disable-tcti-cmd \
     --disable-tcti-spi-helper --disable-tcti-spi-ltt2go --disable-tcti-spidev \

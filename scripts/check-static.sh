@@ -1,7 +1,7 @@
 #!/bin/bash
 # Proves the helper is a fully static binary: `file` says so, and running it
 # (planning against the VM disk image, with a TPM reached through swtpm so
-# tss-esapi and OpenSSL are exercised) opens no shared object.
+# tss-esapi and tpm2-tss are exercised) opens no shared object.
 set -euo pipefail
 bin=$1 disk=$2
 file -L "$bin" | grep -q 'statically linked' || { file -L "$bin"; echo "check-static: not statically linked" >&2; exit 1; }

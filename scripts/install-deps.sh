@@ -11,7 +11,7 @@ PKGS=(
   # static C libraries (built from source, see build-static-libs.sh)
   build-essential autoconf automake autoconf-archive libtool libltdl-dev pkg-config
   gettext autopoint dpkg-dev clang libclang-dev
-  libssl-dev libjson-c-dev uuid-dev libblkid-dev libargon2-dev libaio-dev libpopt-dev
+  nettle-dev libmbedtls-dev libjson-c-dev uuid-dev libblkid-dev libargon2-dev libaio-dev libpopt-dev
   # checks on the binary
   file strace cpio openssl
   # systemd 252's TPM2 token plugin (interop test) dlopens these

@@ -214,10 +214,6 @@ fn peak_rss_kib() -> u64 {
 /// The C libraries' environment, set before anything runs (PID 1's
 /// child inherits it).
 fn set_library_env() {
-    // OpenSSL (inside libcryptsetup/tpm2-tss) must not dlopen providers or
-    // read the host's config from a static binary.
-    std::env::set_var("OPENSSL_CONF", "/dev/null");
-    std::env::set_var("OPENSSL_MODULES", "/nonexistent");
     // tpm2-tss logs to stderr itself; our errors carry its cause already.
     if std::env::var_os("TSS2_LOG").is_none() {
         std::env::set_var("TSS2_LOG", "all+none");
