@@ -282,11 +282,7 @@ if [ ! -e "$initrd" ]; then
     --no-early-microcode --reproducible --compress=cat --kver "$kver" \
     --modules "systemd-initrd initrd-helper" /tmp/initrd.img >&2
   umount "$rootfs/proc" "$rootfs/dev"; trap - EXIT
-  # Compressed as the PID-1 initrd is (zstd -19), by the host's zstd: the
-  # guest root has none. The layout initrds below append a plain cpio to
-  # it, which the kernel unpacks after the compressed one.
-  zstd -q -19 -T0 "$rootfs/tmp/initrd.img" -o "$initrd.tmp"
-  rm -f "$rootfs/tmp/initrd.img"; mv "$initrd.tmp" "$initrd"
+  mv "$rootfs/tmp/initrd.img" "$initrd"
   # Leave the cached root as the disk image saw it.
   rm -rf "$stage" "$rootfs/etc/initrd-helper" "$rootfs/usr/lib/dracut/modules.d/90initrd-helper"
 fi
