@@ -24,7 +24,7 @@ cd "$top/src"
 jobs=$(nproc)
 # Small code, and sections the final link can drop one function at a time;
 # no unwind tables (nothing unwinds: the helper is built with panic=abort
-# and its link discards .eh_frame, see .cargo/config.toml).
+# and its release link discards .eh_frame, see initrd-helper/build.rs).
 export CFLAGS="-Os -ffunction-sections -fdata-sections -fno-asynchronous-unwind-tables -fno-unwind-tables"
 log() { echo "build-static-libs: $*" >&2; }
 
