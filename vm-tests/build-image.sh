@@ -92,7 +92,7 @@ install_sysupdate() {
 # ---- guest root -------------------------------------------------------------
 # Keyed by its inputs, not by this whole script (an edit elsewhere must not
 # rebuild it): bump the tag when the steps of this section change.
-rootkey=$(echo "rootfs v3 $SUITE $GUEST_PKGS $kver $PRUNE_MODULES $repartroot" | cat - "$here"/guest/* | sha256sum | cut -c1-16)
+rootkey=$(echo "rootfs v4 $SUITE $GUEST_PKGS $kver $PRUNE_MODULES $repartroot" | cat - "$here"/guest/* | sha256sum | cut -c1-16)
 rootfs="$cache/rootfs-$rootkey"
 if [ ! -e "$rootfs.done" ]; then
   log "guest root ($SUITE, mmdebstrap)"
@@ -115,8 +115,16 @@ if [ ! -e "$rootfs.done" ]; then
   mkdir -p "$rootfs/etc/systemd/system/serial-getty@ttyS0.service.d"
   printf '[Service]\nExecStart=\nExecStart=-/sbin/agetty --autologin root --keep-baud 115200 %%I $TERM\n' \
     > "$rootfs/etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf"
-  # Timers that want a writable /var/lib and do nothing useful in a test guest.
-  for u in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service fstrim.timer; do
+  # Only the interactive demo wants a login; a test boot (ih_test.poweroff)
+  # would spend its report's CPU on the autologin shell.
+  printf '[Unit]\nConditionKernelCommandLine=!ih_test.poweroff\n' \
+    >> "$rootfs/etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf"
+  install -m644 "$here/guest/modprobe-ih-test.conf" "$rootfs/etc/modprobe.d/ih-test.conf"
+  # Timers that want a writable /var/lib and do nothing useful in a test
+  # guest; VT gettys on a machine with no display (getty-static alone took
+  # 15 s of every TCG boot, racing the report).
+  for u in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service fstrim.timer \
+    getty-static.service getty@tty1.service; do
     ln -sf /dev/null "$rootfs/etc/systemd/system/$u"
   done
   touch "$rootfs.done"
