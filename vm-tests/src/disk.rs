@@ -47,7 +47,8 @@ pub fn layout(a: &Artifacts) -> Vec<(u64, u64)> {
     out
 }
 
-fn slots_digest(path: &Path, layout: &[(u64, u64)]) -> String {
+/// Digest of every partition but the last (the data partition) of `path`.
+pub fn slots_digest(path: &Path, layout: &[(u64, u64)]) -> String {
     let n = layout.len().saturating_sub(1);
     layout[..n]
         .iter()

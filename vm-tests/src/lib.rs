@@ -526,6 +526,15 @@ impl Boot {
         r.get(key).cloned().unwrap_or_default()
     }
 
+    /// Each `(key, value, what is wrong otherwise)` holds in the report.
+    pub fn expect(&self, cases: &[(&str, &str, &str)]) {
+        let r = self.report();
+        for (key, want, wrong) in cases {
+            let got = r.get(*key).map(String::as_str);
+            self.check(got == Some(*want), &format!("{wrong} ({key}={got:?})"));
+        }
+    }
+
     /// The boot stopped at the emergency target, before stage 2, with
     /// exactly one error line from the helper that contains every needle.
     pub fn check_refused(&self, needles: &[&str]) {

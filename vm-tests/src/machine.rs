@@ -3,7 +3,7 @@
 //! variable store, booted as often as a scenario needs.
 #![allow(clippy::unwrap_used)]
 
-use crate::{boot, enlarge, Artifacts, Boot, BootOpts, Scratch, EMERGENCY};
+use crate::{boot, enlarge, layout, slots_digest, Artifacts, Boot, BootOpts, Scratch, EMERGENCY};
 use std::process::Command;
 
 /// The golden image flashed onto a 4 GiB disk.
@@ -14,6 +14,8 @@ pub struct Machine {
     pub s: Scratch,
     pub disk: std::path::PathBuf,
     pub vars: Option<std::path::PathBuf>,
+    /// `slots_digest` of the disk as flashed: the ESP and root slots.
+    pub slots_sha256: String,
 }
 
 impl Machine {
@@ -30,7 +32,19 @@ impl Machine {
         let disk = s.copy_disk(&a.disk);
         enlarge(&disk, DISK_BYTES);
         let vars = uefi.then(|| s.uefi_vars());
-        Machine { a, s, disk, vars }
+        let slots_sha256 = slots_digest(&disk, &layout(&a));
+        Machine {
+            a,
+            s,
+            disk,
+            vars,
+            slots_sha256,
+        }
+    }
+
+    /// Every partition but the data partition is as flashed.
+    pub fn slots_unchanged(&self) -> bool {
+        slots_digest(&self.disk, &layout(&self.a)) == self.slots_sha256
     }
 
     pub fn opts<'a>(&'a self, name: &'a str, append: &'a str) -> BootOpts<'a> {
@@ -77,6 +91,19 @@ impl Machine {
             ..self.opts(name, &append)
         };
         boot(&self.a, &o)
+    }
+
+    /// The in-progress mark is cleared and util-linux accepts the table.
+    pub fn check_table_finished(&self, b: &Boot) {
+        let (_, _, attrs) = self.data_entry();
+        b.check(!attrs.contains("55"), "the in-progress mark is still set");
+        let ok = Command::new("sfdisk")
+            .arg("--verify")
+            .arg(&self.disk)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        b.check(ok.success(), "sfdisk --verify rejects the table");
     }
 
     /// The data partition's entry on the host: (last LBA, UUID, attributes).

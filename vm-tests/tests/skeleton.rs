@@ -1,108 +1,12 @@
 //! VM boot scenarios of the walking skeleton: a real dracut initrd with our
 //! module, real systemd in both stages, a QEMU guest under TCG with swtpm.
 //! Ignored by plain `cargo test`; `make test` runs them with `--ignored`.
+//! The read-only root, /etc overlay and machine-id of an image with a data
+//! partition are checked on the boots of `data.rs`'s machine life cycle.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
-use vm_tests::{boot, is_machine_id, sha256, Artifacts, BootOpts, Scratch, TestDisk, EMERGENCY};
-
-/// Boots the image twice with writes enabled: / is read-only, /etc is an
-/// overlay whose writes vanish at reboot, machine-id is valid and stable,
-/// the helper's lines are in the journal, and every partition but the data
-/// partition is byte-identical afterwards.
-#[test]
-#[ignore = "VM test: run through `make test`"]
-fn vm_boot_readonly_root() {
-    boot_readonly_root(false);
-}
-
-#[test]
-#[ignore = "VM test: run through `make test`"]
-fn vm_pid1_boot_readonly_root() {
-    boot_readonly_root(true);
-}
-
-fn boot_readonly_root(pid1: bool) {
-    let a = Artifacts::for_mode(pid1);
-    let s = Scratch::new(&a.scratch_name("boot_readonly_root"));
-    let disk = TestDisk::new(&s, &a);
-    let opts = |name| BootOpts {
-        snapshot: false,
-        ..BootOpts::new(name, &disk.path, &s.0)
-    };
-
-    let b1 = boot(&a, &opts("boot1"));
-    b1.check(b1.reached, "the guest report never appeared");
-    let r = b1.report();
-    b1.check(
-        r["root_options"].split(',').next() == Some("ro"),
-        "/ is not mounted read-only",
-    );
-    b1.check(r["root_write"] == "refused", "writing to / succeeded");
-    b1.check(r["etc_fstype"] == "overlay", "/etc is not an overlay");
-    b1.check(
-        r["etc_upper_fstype"] == "tmpfs",
-        "the /etc upper layer is not on tmpfs",
-    );
-    b1.check(
-        r["etc_probe_existed"] == "no",
-        "a fresh image already had /etc/ih-probe",
-    );
-    b1.check(r["etc_write"] == "ok", "writing to /etc failed");
-    b1.check(
-        is_machine_id(&r["machine_id"]),
-        "/etc/machine-id is not 32 hex digits",
-    );
-    b1.check(
-        r["pid1_machine_id_msgs"] == "0",
-        "systemd (stage 2) logged about the machine-id",
-    );
-    // PID-1 mode has no unit: its PID 1 says it switched root instead.
-    b1.check(
-        if pid1 {
-            !b1.lines_with("PID 1: switching root to /sysroot")
-                .is_empty()
-        } else {
-            r["helper_unit_finished"] == "1" && r["helper_unit_failed"] == "0"
-        },
-        "the helper did not finish, or logged a failure",
-    );
-    b1.check(
-        r["failed_units"].is_empty(),
-        "failed units in the booted system",
-    );
-    let journal_lines: usize = r["helper_journal_lines"].parse().unwrap_or(0);
-    b1.check(
-        journal_lines >= 5,
-        "the helper's lines are missing from journalctl -b",
-    );
-    for step in ["mount-root", "data", "etc-overlay", "machine-id"] {
-        let line = format!("step {step}: done in");
-        b1.check(
-            !b1.lines_with(&line).is_empty(),
-            &format!("no console line {line:?}"),
-        );
-    }
-    eprintln!("boot1: report at {} s guest uptime", r["uptime"]);
-
-    let b2 = boot(&a, &opts("boot2"));
-    b2.check(
-        b2.reached,
-        "the guest report never appeared on the second boot",
-    );
-    b2.check(
-        b2.value("etc_probe_existed") == "no",
-        "a write to /etc survived the reboot",
-    );
-    b2.check(
-        b2.value("machine_id") == r["machine_id"],
-        "second boot: the machine-id changed",
-    );
-    b2.check(
-        disk.slots_unchanged(),
-        "a root slot or the ESP changed although the root is read-only",
-    );
-}
+use vm_tests::{boot, sha256, Artifacts, BootOpts, Scratch, TestDisk, EMERGENCY};
 
 /// An image without a data partition (the tmpfs-root kind): the machine-id
 /// comes from the firmware's SMBIOS UUID, the same on every boot of one
