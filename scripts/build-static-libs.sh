@@ -6,7 +6,9 @@
 # No OpenSSL: libcryptsetup uses its nettle backend (hashes, HMAC, PBKDF2)
 # with patches/cryptsetup-nettle-xts.patch, which adds user-space AES-XTS so
 # keyslots work without AF_ALG (the kernel's user crypto API is a module the
-# initrd would need, and build hosts may have none); tpm2-tss uses mbedTLS.
+# initrd would need, and build hosts may have none); tpm2-tss uses mbedTLS,
+# with patches/tpm2-tss-mbed-ecdh-padding.patch (a salted session failed in
+# 1 of 256 without it).
 # That takes libcrypto's 3 MiB out of the binary.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -72,6 +74,7 @@ fetch_src cryptsetup "$CRYPTSETUP_V"
 log "tpm2-tss $TSS_V"
 fetch_src tpm2-tss "$TSS_V"
 ( cd tpm2-tss-src
+  patch -p1 -s < "$here/scripts/patches/tpm2-tss-mbed-ecdh-padding.patch"
   ./bootstrap >/dev/null 2>&1 || autoreconf -fi >/dev/null 2>&1
   ./configure --prefix="$prefix" --disable-shared --enable-static --enable-nodl \
     --disable-fapi --disable-policy --with-crypto=mbed \
