@@ -14,11 +14,10 @@ check() {
 depends() {
     # base: /etc/initrd-release (systemd's initrd targets assert it);
     # systemd-initrd: the targets our unit is ordered against;
-    # dracut-systemd: an emergency shell that says what failed;
-    # dm: device-mapper udev rules, so /dev/mapper/root gets its systemd device
-    # unit (with roothash= and no root=, systemd-fstab-generator makes
-    # sysroot.mount wait for dev-mapper-root.device).
-    echo base systemd-initrd dracut-systemd dm
+    # dracut-systemd: an emergency shell that says what failed.
+    # Not dracut's dm module: it brings every driver in drivers/md (md RAID,
+    # bcache, dm-thin, dlm: ~4.5 MB); install() takes its udev rules alone.
+    echo base systemd-initrd dracut-systemd
     return 0
 }
 
@@ -46,6 +45,17 @@ install() {
     ln_r "$systemdsystemunitdir/initrd-helper.service" \
         "$systemdsystemunitdir/initrd-root-fs.target.requires/initrd-helper.service"
     inst_multiple -o modprobe
+    # device-mapper's udev rules, so /dev/mapper/root gets its systemd device
+    # unit (with roothash= and no root=, systemd-fstab-generator makes
+    # sysroot.mount wait for dev-mapper-root.device); dmsetup decodes their
+    # cookies. Debian names them 55-dm and 60-persistent-storage-dm, upstream
+    # 10-dm and 13-dm-disk: whichever exist are taken.
+    inst_multiple -o dmsetup
+    inst_rules 10-dm.rules 13-dm-disk.rules 55-dm.rules 60-persistent-storage-dm.rules \
+        95-dm-notify.rules
+    # Keep dm devices' udev records across the initrd's database cleanup:
+    # stage 2's udev must see the root's flags, not a bare dm node.
+    inst_rules "$moddir/11-initrd-helper-dm.rules"
     # A signed PCR policy is signed for boot phases: systemd-pcrphase
     # extends "enter-initrd" into PCR 11 before the helper runs (its unit
     # runs only under systemd-stub, which sets StubPcrKernelImage). Not
