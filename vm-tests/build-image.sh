@@ -20,7 +20,8 @@ cache=${IH_CACHE:-$top/.cache}/vm
 helper=$(realpath "$1")
 mkdir -p "$cache"
 log() { echo "build-image: $*" >&2; }
-digest() { cat "$@" | sha256sum | cut -c1-16; }
+# shellcheck source=vm-tests/lib.sh
+. "$here/lib.sh"
 
 SUITE=bookworm
 # The guest root: systemd in both stages, dracut to build the initrd in place,
@@ -284,12 +285,7 @@ if [ ! -e "$initrd" ]; then
   cp -a "$top/units" "$stage/units"
   install -D -m644 "$config" "$rootfs/etc/initrd-helper/config.toml"
   cp -a "$modsrc" "$rootfs/usr/lib/dracut/modules.d/"
-  mount -t proc proc "$rootfs/proc"; mount --bind /dev "$rootfs/dev"
-  trap 'umount "$rootfs/proc" "$rootfs/dev" 2>/dev/null || true' EXIT
-  chroot "$rootfs" dracut --quiet --force --no-hostonly --no-hostonly-cmdline \
-    --no-early-microcode --reproducible --compress=cat --kver "$kver" \
-    --modules "systemd-initrd initrd-helper" /tmp/initrd.img >&2
-  umount "$rootfs/proc" "$rootfs/dev"; trap - EXIT
+  dracut_in_root "$rootfs" "$kver" initrd-helper
   mv "$rootfs/tmp/initrd.img" "$initrd"
   # Leave the cached root as the disk image saw it.
   rm -rf "$stage" "$rootfs/etc/initrd-helper" "$rootfs/usr/lib/dracut/modules.d/90initrd-helper"
@@ -457,6 +453,8 @@ mkdir -p "$out"
 ln -sf "$kdir/x/boot/vmlinuz-$kver" "$out/vmlinuz"
 ln -sf "$initrd" "$out/initrd.img"
 ln -sf "$disk" "$out/disk.img"
+# The guest root, for build-baseline.sh (make bench).
+ln -sfn "$rootfs" "$out/rootfs"
 for f in roothash-a roothash-b layout.json; do ln -sf "$disk.$f" "$out/$f"; done
 ln -sf "$usrdisk" "$out/usr-disk.img"
 ln -sf "$repartdisk" "$out/repart-disk.img"
