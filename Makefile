@@ -26,7 +26,7 @@ lint: static
 
 unit: static
 	$(CARGO) test --locked -p initrd-helper --lib --bins
-	$(CARGO) test --locked -p vm-tests --lib
+	$(CARGO) test --locked -p vm-tests --lib --bins
 
 images: build
 	vm-tests/build-image.sh $(BIN) >/dev/null
@@ -57,6 +57,7 @@ demo: images
 	IH_VM_DIR=$(VM_DIR) $(CARGO) run --locked -q -p vm-tests --bin demo
 
 bench: images
+	vm-tests/build-baseline.sh
 	IH_VM_DIR=$(VM_DIR) $(CARGO) run --locked -q --release -p vm-tests --bin bench
 
 # Every cargo-fuzz target for IH_FUZZ_SECS (default 60) seconds; prints
