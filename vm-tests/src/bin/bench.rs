@@ -32,42 +32,39 @@ struct Config {
 
 fn configs() -> Vec<Config> {
     let ours = Artifacts::from_env();
-    let dir = ours
-        .disk
-        .parent()
-        .map(|d| d.to_path_buf())
-        .unwrap_or_default();
+    let pid1 = Artifacts::pid1_from_env();
+    // build-baseline.sh's artifacts, beside build-image.sh's.
+    let beside = |f: &str| ours.initrd.with_file_name(f);
     let poweroff = "ih_test.poweroff".to_string();
     vec![
         Config {
             name: table::OURS,
-            // Our dracut initrd with the bench probe appended.
+            shipped: ours.initrd.clone(),
             artifacts: Artifacts {
-                initrd: dir.join("initrd-bench.img"),
+                initrd: beside("initrd-bench.img"),
                 ..Artifacts::from_env()
             },
             append: poweroff.clone(),
-            shipped: ours.initrd.clone(),
         },
         Config {
             name: table::PID1,
-            shipped: Artifacts::pid1_from_env().initrd,
-            artifacts: Artifacts::pid1_from_env(),
+            shipped: pid1.initrd.clone(),
+            artifacts: pid1,
             append: poweroff,
         },
         Config {
             name: table::SYSTEMD,
+            shipped: beside("initrd-baseline.img"),
+            artifacts: Artifacts {
+                initrd: beside("initrd-baseline-bench.img"),
+                disk: beside("baseline-disk.img"),
+                kernel: ours.kernel.clone(),
+                pid1: false,
+            },
             append: format!(
                 "ih_test.poweroff roothash={} systemd.volatile=overlay",
                 ours.roothash("a")
             ),
-            shipped: dir.join("initrd-baseline.img"),
-            artifacts: Artifacts {
-                initrd: dir.join("initrd-baseline-bench.img"),
-                disk: dir.join("baseline-disk.img"),
-                kernel: ours.kernel,
-                pid1: false,
-            },
         },
     ]
 }
@@ -92,8 +89,7 @@ fn env_num(name: &str, default: usize) -> usize {
 /// Every configuration on every disk size: `rounds` fresh machines each
 /// (disk, TPM and firmware variables), a first boot then `steady` boots,
 /// the configurations taking turns boot by boot.
-fn side_by_side(rounds: usize, steady: usize, sizes: &[u64]) -> Figures {
-    let configs = configs();
+fn side_by_side(configs: &[Config], rounds: usize, steady: usize, sizes: &[u64]) -> Figures {
     let mut figs = Figures::default();
     for round in 0..rounds {
         for &gib in sizes {
@@ -201,9 +197,13 @@ fn main() {
         .split_whitespace()
         .filter_map(|g| g.parse().ok())
         .collect();
-    let figs = side_by_side(rounds, steady, &sizes);
+    let configs = configs();
+    let figs = side_by_side(&configs, rounds, steady, &sizes);
     table::print(&figs, rounds, steady);
-    let shipped: Vec<_> = configs().into_iter().map(|c| (c.name, c.shipped)).collect();
+    let shipped: Vec<_> = configs
+        .iter()
+        .map(|c| (c.name, c.shipped.clone()))
+        .collect();
     table::print_sizes(&shipped);
     let policy_boots = env_num("IH_BENCH_POLICY_BOOTS", 3);
     if policy_boots > 0 {

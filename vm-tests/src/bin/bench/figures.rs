@@ -92,12 +92,17 @@ fn ms(s: f64) -> f64 {
     s * 1000.0
 }
 
+/// A console line's kernel timestamp (s): "[   12.345678] ...".
+fn line_stamp(l: &str) -> Option<f64> {
+    l.split_once('[')?.1.split_once(']')?.0.trim().parse().ok()
+}
+
 /// Kernel timestamps (s) of the console lines containing `needle`.
 fn stamps(console: &str, needle: &str) -> Vec<f64> {
     console
         .lines()
         .filter(|l| l.contains(needle))
-        .filter_map(|l| l.split_once('[')?.1.split_once(']')?.0.trim().parse().ok())
+        .filter_map(line_stamp)
         .collect()
 }
 
@@ -107,13 +112,7 @@ fn unit_spans(console: &str) -> BTreeMap<String, (f64, f64)> {
     let mut starts = BTreeMap::new();
     let mut out = BTreeMap::new();
     for l in console.lines() {
-        let Some((head, rest)) = l.split_once("IHB ") else {
-            continue;
-        };
-        let Some(t) = head.split_once('[').and_then(|(_, r)| r.split_once(']')) else {
-            continue;
-        };
-        let Ok(t) = t.0.trim().parse::<f64>() else {
+        let (Some((_, rest)), Some(t)) = (l.split_once("IHB "), line_stamp(l)) else {
             continue;
         };
         let mut w = rest.split_whitespace();

@@ -41,36 +41,7 @@ pub fn print(figs: &Figures, rounds: usize, steady: usize) {
     sizes.dedup();
     for &gib in &sizes {
         for kind in ["first", "steady"] {
-            println!("\n  {gib} GiB disk, {kind} boot");
-            println!(
-                "    {:<30} {:>26} {:>26} {:>26} {:>8} {:>8}",
-                "figure", OURS, PID1, SYSTEMD, "ours/sd", "pid1/sd"
-            );
-            for row in ROWS {
-                let cells: Vec<_> = COLUMNS
-                    .iter()
-                    .map(|c| cell(figs.0.get(&(gib, kind, row, *c))))
-                    .collect();
-                if cells.iter().all(|(s, _)| s == "-") {
-                    continue;
-                }
-                let ratio = |m: f64| {
-                    let r = m / cells[2].1;
-                    if r.is_finite() {
-                        format!("{r:.2}")
-                    } else {
-                        "-".into()
-                    }
-                };
-                println!(
-                    "    {row:<30} {:>26} {:>26} {:>26} {:>8} {:>8}",
-                    cells[0].0,
-                    cells[1].0,
-                    cells[2].0,
-                    ratio(cells[0].1),
-                    ratio(cells[1].1)
-                );
-            }
+            section(figs, gib, kind);
         }
     }
     disk_ratio(figs, &sizes);
@@ -81,6 +52,53 @@ pub fn print(figs: &Figures, rounds: usize, steady: usize) {
          time;\n  volume tools' RSS = wait4()'s ru_maxrss of initrd-helper's command (with mkfs), \
          or the larger of those two commands' (dracut modes only)"
     );
+}
+
+/// One disk size's and boot kind's rows; nothing when no boot gave any
+/// (IH_BENCH_STEADY=0).
+fn section(figs: &Figures, gib: u64, kind: &str) {
+    let rows: Vec<String> = ROWS
+        .iter()
+        .filter_map(|row| table_row(figs, gib, kind, row))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    println!("\n  {gib} GiB disk, {kind} boot");
+    println!(
+        "    {:<30} {:>26} {:>26} {:>26} {:>8} {:>8}",
+        "figure", OURS, PID1, SYSTEMD, "ours/sd", "pid1/sd"
+    );
+    for r in rows {
+        println!("{r}");
+    }
+}
+
+/// A figure's cells and ratios to systemd's; None when no configuration has it.
+fn table_row(figs: &Figures, gib: u64, kind: &str, row: &str) -> Option<String> {
+    let cells: Vec<_> = COLUMNS
+        .iter()
+        .map(|c| cell(figs.0.get(&(gib, kind, row, *c))))
+        .collect();
+    if cells.iter().all(|(s, _)| s == "-") {
+        return None;
+    }
+    let ratio = |m: f64| {
+        let r = m / cells[2].1;
+        if r.is_finite() {
+            format!("{r:.2}")
+        } else {
+            "-".into()
+        }
+    };
+    Some(format!(
+        "    {row:<30} {:>26} {:>26} {:>26} {:>8} {:>8}",
+        cells[0].0,
+        cells[1].0,
+        cells[2].0,
+        ratio(cells[0].1),
+        ratio(cells[1].1)
+    ))
 }
 
 /// The first boot's stage 1 on the largest disk against the smallest, per
